@@ -1,0 +1,120 @@
+"""The ChaCha20 PRG: known-answer against an independent ChaCha20, determinism, offsets, uniformity."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+
+from tfppml import ops
+from tfppml.ops.prg import new_seed
+
+
+def reference_words(seed: np.ndarray, count: int, offset: int = 0) -> np.ndarray:
+    """ChaCha20 keystream words from the `cryptography` package (OpenSSL), 256-bit keys only.
+
+    OpenSSL's 16-byte "nonce" is words 12-15 of the state; with our 64-bit counter starting at block
+    offset // 8 and nonce 0, the two layouts agree while the counter stays below 2**32.
+    """
+    first_block, skip = divmod(offset, 8)
+    nonce = int(first_block).to_bytes(8, "little") + bytes(8)
+    cipher = Cipher(algorithms.ChaCha20(seed.astype("<u8").tobytes(), nonce), mode=None)
+    stream = cipher.encryptor().update(bytes(8 * (skip + count)))
+    return np.frombuffer(stream, dtype="<u8")[skip:].astype(np.uint64)
+
+
+def test_known_answer_rfc8439_zero_key():
+    # RFC 8439 appendix A.1, test vector 1: all-zero key and nonce, block counter 0.
+    words = ops.prg_uniform(np.zeros(4, np.uint64), [2]).numpy()
+    assert words.astype("<u8").tobytes().hex() == "76b8e0ada0f13d90405d6ae55386bd28"
+
+
+@given(seed_words=st.lists(st.integers(0, 2**64 - 1), min_size=4, max_size=4),
+       count=st.integers(0, 300), offset=st.integers(0, 10_000))
+def test_matches_independent_chacha20(seed_words, count, offset):
+    seed = np.array(seed_words, np.uint64)
+    np.testing.assert_array_equal(ops.prg_uniform(seed, [count], offset=offset).numpy(),
+                                  reference_words(seed, count, offset))
+
+
+def test_large_output_matches_reference_across_threads():
+    seed = new_seed()
+    np.testing.assert_array_equal(ops.prg_uniform(seed, [1000, 1000], offset=13).numpy().reshape(-1),
+                                  reference_words(seed, 1_000_000, 13))
+
+
+@pytest.mark.parametrize("bits", [128, 256])
+def test_deterministic_and_offset_consistent(bits):
+    seed = new_seed(bits)
+    a = ops.prg_uniform(seed, [7, 11]).numpy().reshape(-1)
+    b = ops.prg_uniform(seed, [7, 11]).numpy().reshape(-1)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ops.prg_uniform(seed, [30], offset=40).numpy(), a[40:70])
+
+
+@pytest.mark.parametrize("bits", [128, 256])
+def test_different_seeds_and_offsets_differ(bits):
+    seed = new_seed(bits)
+    other = seed.copy()
+    other[0] ^= np.uint64(1)  # one bit of key
+    a = ops.prg_uniform(seed, [1000]).numpy()
+    assert np.mean(a == ops.prg_uniform(other, [1000]).numpy()) == 0
+    assert np.mean(a == ops.prg_uniform(seed, [1000], offset=1000).numpy()) == 0
+
+
+def test_128_bit_key_differs_from_zero_padded_256_bit_key():
+    seed = new_seed(128)
+    padded = np.concatenate([seed, np.zeros(2, np.uint64)])
+    assert not np.array_equal(ops.prg_uniform(seed, [64]).numpy(), ops.prg_uniform(padded, [64]).numpy())
+
+
+@pytest.mark.parametrize("bits", [128, 256])
+def test_output_bits_are_uniform(bits):
+    words = ops.prg_uniform(new_seed(bits), [200_000]).numpy()
+    # Each of the 64 bit positions is a fair coin: a two-sided binomial test at a strict level, Bonferroni.
+    bit_counts = np.array([np.count_nonzero((words >> np.uint64(b)) & np.uint64(1)) for b in range(64)])
+    p_bits = [stats.binomtest(int(c), len(words), 0.5).pvalue for c in bit_counts]
+    assert min(p_bits) > 1e-4 / 64
+    # Byte values are uniform over 256 (chi-square), and consecutive words are uncorrelated.
+    byte_counts = np.bincount(words.view(np.uint8), minlength=256)
+    assert stats.chisquare(byte_counts).pvalue > 1e-4
+    top = (words >> np.uint64(40)).astype(np.float64)
+    assert abs(np.corrcoef(top[:-1], top[1:])[0, 1]) < 0.02
+
+
+def test_shape_and_offset_as_tensors_in_tf_function():
+    seed = new_seed()
+
+    @tf.function
+    def draw(offset):
+        return ops.prg_uniform(seed, tf.constant([3, 4], tf.int64), offset=offset)
+
+    out = draw(tf.constant(8, tf.int64))
+    assert out.shape == (3, 4)
+    np.testing.assert_array_equal(out.numpy().reshape(-1), ops.prg_uniform(seed, [20]).numpy()[8:])
+
+
+def test_empty_shape():
+    assert ops.prg_uniform(new_seed(), [0, 5]).shape == (0, 5)
+
+
+@pytest.mark.parametrize(
+    "call,error,words",
+    [
+        (lambda: ops.prg_uniform(np.ones(3, np.uint64), [2]), ValueError, ["prg_uniform", "`seed`", "2 or 4"]),
+        (lambda: ops.prg_uniform(np.ones(4, np.int64), [2]), TypeError, ["`seed`", "uint64"]),
+        (lambda: ops.prg_uniform(new_seed(), [2, -1]), ValueError, ["`shape`", "negative"]),
+        (lambda: ops.prg_uniform(new_seed(), [2.5]), TypeError, ["`shape`"]),
+        (lambda: ops.prg_uniform(new_seed(), [2], offset=-1), ValueError, ["`offset`"]),
+        (lambda: ops.prg_uniform(new_seed(), [2], offset=2**63), ValueError, ["`offset`"]),
+        (lambda: ops.prg_uniform(new_seed(), [4], offset=2**63 - 2), ValueError, ["offset", "overflow"]),
+        (lambda: new_seed(64), ValueError, ["`bits`"]),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value)

@@ -1,0 +1,22 @@
+"""Thin Python wrappers over tfppml's custom TensorFlow kernels.
+
+Every function takes tf.Tensors or NumPy arrays, checks dtypes and shapes (raising ValueError/TypeError that name
+the argument) and returns tf.Tensors.  Ring values are `tf.uint64` with wrap-around arithmetic modulo 2**64;
+a negative fixed-point number is stored in two's complement.
+"""
+
+from tfppml.ops.fixed_point import fixed_point_decode, fixed_point_encode
+from tfppml.ops.prg import prg_uniform
+from tfppml.ops.ring import ring_add, ring_mul, ring_neg, ring_reduce_sum, ring_shift_right, ring_sub
+
+__all__ = [
+    "fixed_point_decode",
+    "fixed_point_encode",
+    "prg_uniform",
+    "ring_add",
+    "ring_mul",
+    "ring_neg",
+    "ring_reduce_sum",
+    "ring_shift_right",
+    "ring_sub",
+]

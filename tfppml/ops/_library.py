@@ -1,0 +1,46 @@
+"""Loads the compiled op libraries once, loudly.
+
+If a library is missing or does not load, importing tfppml fails with `KernelLibraryError` saying how to build
+it.  There is deliberately no fallback: TF Encrypted silently fell back to insecure randomness when its op
+library was missing, and a privacy library must not do that.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import pathlib
+import types
+
+import tensorflow as tf
+
+from tfppml.errors import KernelLibraryError
+
+_HERE = pathlib.Path(__file__).resolve().parent
+_BUILD_HINT = "Build the kernels with `make install` (or `pip install --no-build-isolation -e .` in the repository)."
+
+
+def library_path(stem: str, directory: pathlib.Path = _HERE) -> pathlib.Path:
+    """Path of the extension `stem` built by setup.py (setuptools names it with the interpreter's tag)."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = directory / f"{stem}{suffix}"
+        if candidate.exists():
+            return candidate
+    raise KernelLibraryError(
+        f"tfppml kernel library '{stem}' was not found in {directory}. {_BUILD_HINT}"
+    )
+
+
+def load(stem: str, directory: pathlib.Path = _HERE) -> types.ModuleType:
+    """Loads an op library with tf.load_op_library, turning any failure into KernelLibraryError."""
+    path = library_path(stem, directory)
+    try:
+        return tf.load_op_library(str(path))
+    except tf.errors.NotFoundError as err:
+        raise KernelLibraryError(
+            f"tfppml kernel library {path} failed to load: {err.message}. It was probably built against "
+            f"another TensorFlow than the installed {tf.__version__}. {_BUILD_HINT}"
+        ) from err
+
+
+# The ring / fixed-point / PRG / matmul kernels.
+ops = load("_tfppml_ops")

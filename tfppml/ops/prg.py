@@ -1,0 +1,84 @@
+"""Cryptographic pseudo-random generation: the ChaCha20 keystream as uniform uint64 values.
+
+The protocols expand short pairwise seeds into masks and zero-sharings with this generator; `tf.random` is
+not a cryptographic generator and is never used for that.  Element i of `prg_uniform(seed, shape, offset)`
+is keystream word `offset + i`, so the same (seed, offset) always gives the same values, and two calls with
+disjoint ranges [offset, offset + size) give independent values.
+
+Example:
+    >>> import numpy as np, tfppml
+    >>> seed = np.array([1, 2, 3, 4], dtype=np.uint64)          # a 256-bit key
+    >>> a = tfppml.ops.prg_uniform(seed, [2, 3])                  # words 0..5
+    >>> b = tfppml.ops.prg_uniform(seed, [3], offset=3)           # words 3..5
+    >>> bool(np.all(a.numpy().reshape(-1)[3:] == b.numpy()))
+    True
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfppml.ops._checks import raise_as_value_error, to_uint64
+from tfppml.ops._library import ops as _ops
+
+MAX_OFFSET = 2**63 - 1
+
+
+def new_seed(bits: int = 256) -> np.ndarray:
+    """A fresh random seed from the operating system's CSPRNG, as uint64 words (bits 128 or 256)."""
+    if bits not in (128, 256):
+        raise ValueError(f"new_seed: argument `bits` must be 128 or 256, got {bits!r}")
+    return np.frombuffer(secrets.token_bytes(bits // 8), dtype="<u8").astype(np.uint64)
+
+
+def prg_uniform(seed: Any, shape: Sequence[int] | tf.Tensor, offset: int | tf.Tensor = 0) -> tf.Tensor:
+    """Uniform uint64 values from ChaCha20 keyed by `seed`.
+
+    Args:
+        seed: uint64 vector of 2 words (128-bit key) or 4 words (256-bit key).
+        shape: output shape: a sequence of non-negative ints or an int64/int32 vector tensor.
+        offset: index of the first keystream word to return; a non-negative int or int64 scalar tensor.
+
+    Returns:
+        uint64 tensor of `shape`, uniformly distributed over [0, 2**64).
+
+    Raises:
+        TypeError: if `seed` is not uint64 or `offset`/`shape` are not integers.
+        ValueError: if `seed` has the wrong length, a dimension is negative, or `offset` is negative or
+            makes the range overflow.
+    """
+    fn = "prg_uniform"
+    seed_t = to_uint64(seed, fn=fn, arg="seed")
+    if seed_t.shape.rank != 1 or seed_t.shape[0] not in (2, 4):
+        raise ValueError(
+            f"{fn}: argument `seed` must be a vector of 2 or 4 uint64 words (128- or 256-bit key), "
+            f"got shape {seed_t.shape}"
+        )
+    if isinstance(shape, (tf.Tensor, np.ndarray)):
+        if not tf.as_dtype(shape.dtype).is_integer:
+            raise TypeError(f"{fn}: argument `shape` must hold integers, got dtype {shape.dtype}")
+        shape_t = tf.cast(shape, tf.int64)
+    else:
+        dims = list(shape)
+        for d in dims:
+            if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+                raise TypeError(f"{fn}: argument `shape` must be a sequence of ints, got {shape!r}")
+            if d < 0:
+                raise ValueError(f"{fn}: argument `shape` must not have negative dimensions, got {shape!r}")
+        shape_t = tf.constant(dims, dtype=tf.int64, shape=[len(dims)])
+    if isinstance(offset, (tf.Tensor, tf.Variable)):
+        offset_t = tf.cast(offset, tf.int64)
+    else:
+        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
+            raise TypeError(f"{fn}: argument `offset` must be an int, got {offset!r}")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise ValueError(f"{fn}: argument `offset` must be in [0, 2**63 - 1], got {offset}")
+        offset_t = tf.constant(int(offset), dtype=tf.int64)
+    try:
+        return _ops.tfppml_prg_uniform(seed=seed_t, shape=shape_t, offset=offset_t)
+    except tf.errors.InvalidArgumentError as err:
+        raise_as_value_error(fn, err)
