@@ -37,6 +37,31 @@ def read_source_lists() -> dict[str, list[str]]:
     return lists
 
 
+# Microsoft SEAL 4.1.2 for the HE kernels: built by scripts/build_seal.sh (`make install` runs it) into a cache
+# outside the source tree.
+SEAL_DIR = pathlib.Path(
+    os.environ.get("TFPPML_SEAL_DIR", pathlib.Path.home() / ".cache" / "tfppml" / "seal-4.1.2")
+).expanduser()
+SEAL_INCLUDE = SEAL_DIR / "include" / "SEAL-4.1"
+SEAL_LIBRARY = SEAL_DIR / "lib" / "libseal-4.1.a"
+HE_EXTENSION = "tfppml.he._tfppml_he"
+
+
+def check_seal(extensions: list) -> list:
+    """The extensions to build: without SEAL, a clear error (or, with TFPPML_WITHOUT_HE=1, no HE kernels)."""
+    if SEAL_LIBRARY.is_file() and (SEAL_INCLUDE / "seal" / "seal.h").is_file():
+        return extensions
+    message = (
+        f"tfppml: SEAL 4.1.2 is not built ({SEAL_LIBRARY} is missing), so the HE kernels ({HE_EXTENSION}) "
+        "cannot be linked. Run `bash scripts/build_seal.sh` (`make install` does it), or set TFPPML_SEAL_DIR "
+        "to where it was installed."
+    )
+    if os.environ.get("TFPPML_WITHOUT_HE") == "1":
+        print(f"WARNING: {message} Building without them (TFPPML_WITHOUT_HE=1): tfppml.he raises on use.")
+        return [ext for ext in extensions if ext.name != HE_EXTENSION]
+    raise SystemExit(f"{message} To build the rest of tfppml without HE, set TFPPML_WITHOUT_HE=1.")
+
+
 def tensorflow_flags() -> tuple[list[str], list[str]]:
     """Compile and link flags of the installed TensorFlow, or a clear error naming the fix."""
     try:
@@ -61,9 +86,10 @@ class BuildTensorFlowKernels(build_ext):
 
     def build_extensions(self) -> None:
         compile_flags, link_flags = tensorflow_flags()
+        self.extensions = check_seal(self.extensions)
         for ext in self.extensions:
             ext.extra_compile_args = compile_flags + COMMON_COMPILE_ARGS
-            ext.extra_link_args = link_flags
+            ext.extra_link_args = link_flags + getattr(ext, "tfppml_extra_link_args", [])
         # Python's own CFLAGS carry C-only flags that g++ warns about.
         for flag in ("-Wstrict-prototypes",):
             if flag in self.compiler.compiler_so:
@@ -83,6 +109,18 @@ class BuildTensorFlowKernels(build_ext):
 
 SOURCES = read_source_lists()
 
+# The CKKS kernels, linked against the static SEAL; --exclude-libs keeps SEAL's symbols private to the library,
+# so another SEAL in the same process (TenSEAL, Pyfhel) cannot clash with it.
+HE_KERNELS = Extension(
+    HE_EXTENSION,
+    sources=SOURCES["TFPPML_HE_SRCS"],
+    depends=SOURCES["TFPPML_HE_HDRS"] + ["cc/kernels/parallel.h"],
+    include_dirs=[str(ROOT), str(SEAL_INCLUDE)],
+    extra_objects=[str(SEAL_LIBRARY)],
+    language="c++",
+)
+HE_KERNELS.tfppml_extra_link_args = ["-Wl,--exclude-libs,ALL"]
+
 setup(
     name="tfppml",
     version="0.1.0.dev0",
@@ -96,7 +134,8 @@ setup(
             depends=SOURCES["TFPPML_OPS_HDRS"],
             include_dirs=[str(ROOT)],
             language="c++",
-        )
+        ),
+        HE_KERNELS,
     ],
     cmdclass={"build_ext": BuildTensorFlowKernels},
     entry_points={"console_scripts": ["tfppml = tfppml.cli:main"]},

@@ -75,7 +75,6 @@ def _shim_repository_impl(rctx):
 _shim_repository = repository_rule(
     implementation = _shim_repository_impl,
     attrs = {"files": attr.string_dict(doc = "path in the repository -> file content")},
-    local = True,
 )
 
 def builtin_rules_shims():

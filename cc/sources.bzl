@@ -12,8 +12,24 @@ TFPPML_OPS_SRCS = [
     "cc/kernels/fixed_point_kernels.cc",
     "cc/ops/prg_ops.cc",
     "cc/kernels/prg_kernels.cc",
+    "cc/ops/ring_matmul_ops.cc",
+    "cc/kernels/ring_matmul_kernels.cc",
+    "cc/kernels/ring_gemm.cc",
 ]
 
 TFPPML_OPS_HDRS = [
     "cc/kernels/parallel.h",
+    "cc/kernels/ring_gemm.h",
+]
+
+# The CKKS kernels (tfppml.he._tfppml_he), linked against the static SEAL 4.1.2 that scripts/build_seal.sh
+# builds into ~/.cache/tfppml/seal-4.1.2 (or $TFPPML_SEAL_DIR).
+TFPPML_HE_SRCS = [
+    "cc/he/cipher_tensor.cc",
+    "cc/he/ckks_ops.cc",
+    "cc/he/ckks_kernels.cc",
+]
+
+TFPPML_HE_HDRS = [
+    "cc/he/cipher_tensor.h",
 ]

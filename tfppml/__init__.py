@@ -5,7 +5,9 @@ Importing tfppml loads its compiled kernels once; a missing or broken kernel lib
 """
 
 from tfppml import errors, ops
+from tfppml.keras import Client, KerasHook
+from tfppml.net.cluster import Cluster, Worker
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["errors", "ops", "__version__"]
+__all__ = ["Client", "Cluster", "KerasHook", "Worker", "errors", "ops", "__version__"]

@@ -1,0 +1,172 @@
+"""Private inference from Keras: agreement with plaintext Keras for every supported layer, refusals, and the
+serving life cycle, on the in-process back end and on three real server processes."""
+
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfppml.mpc as mpc
+from tfppml.errors import PolicyDenied
+from tfppml.keras import Client, KerasHook, UnsupportedLayerError
+
+L = tf.keras.layers
+KerasHook(tf.keras)
+
+
+def logits_model(model):
+    """The plaintext reference without a final softmax (private outputs are logits)."""
+    last = model.layers[-1]
+    if isinstance(last, L.Softmax) or (isinstance(last, L.Activation) and last.activation is tf.keras.activations.softmax):
+        return tf.keras.Model(model.inputs, model.layers[-2].output)
+    if getattr(last, "activation", None) is tf.keras.activations.softmax:
+        clone = tf.keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        clone.layers[-1].activation = tf.keras.activations.linear
+        return clone
+    return model
+
+
+def randomize_batch_norm(model, rng):
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape) if i != 1 else rng.normal(size=w.shape) * 0.1
+                               for i, w in enumerate(layer.get_weights())][:2] + [
+                rng.normal(size=layer.moving_mean.shape) * 0.1, rng.uniform(0.5, 2.0, layer.moving_variance.shape)])
+    return model
+
+
+MODELS = {
+    "dense": lambda: tf.keras.Sequential([L.Dense(16, activation="relu", input_shape=(12,)), L.Dropout(0.5), L.Dense(5), L.Softmax()]),
+    "cnn": lambda: tf.keras.Sequential([
+        L.Conv2D(4, 3, input_shape=(10, 10, 1)), L.AveragePooling2D(2), L.Activation("relu"),
+        L.Conv2D(6, 2, strides=(1, 1), padding="same", activation="relu"), L.MaxPooling2D(2),
+        L.Flatten(), L.Dense(3, activation="softmax")]),
+    "functional_bn_reshape": lambda: (lambda inp: tf.keras.Model(inp, L.Dense(4)(L.ReLU()(L.BatchNormalization()(
+        L.Dense(8)(L.Reshape((24,))(L.Flatten()(inp))))))))(tf.keras.Input((6, 4))),
+    "bn_after_relu": lambda: tf.keras.Sequential([L.Dense(8, activation="relu", input_shape=(5,)), L.BatchNormalization(), L.Dense(2)]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_private_logits_match_keras(inprocess, kind):
+    rng = np.random.default_rng(0)
+    tf.keras.utils.set_random_seed(0)
+    model = randomize_batch_norm(MODELS[kind](), rng)
+    name = f"m_{kind}"
+    model.share(inprocess, name=name, identity="driver")
+    model.serve(1, block=False)
+    client = Client().connect_to_model(model.input_shape, logits_model(model).output_shape, inprocess, model_name=name)
+    x = rng.normal(size=(7, *model.input_shape[1:]))
+    private = client.query_model(x)
+    plain = logits_model(model)(x).numpy()
+    np.testing.assert_allclose(private, plain, atol=5e-3)
+    np.testing.assert_array_equal(private.argmax(-1), plain.argmax(-1))
+
+
+@pytest.mark.parametrize(
+    "layers,words",
+    [
+        ([L.Dense(4, activation="tanh", input_shape=(3,))], ["tanh", "dense"]),
+        ([L.Dense(4, input_shape=(3,)), L.LayerNormalization()], ["LayerNormalization", "no secure form"]),
+        ([L.Conv2D(2, 3, dilation_rate=2, input_shape=(9, 9, 1))], ["dilation"]),
+        ([L.Dense(4, input_shape=(3,)), L.Softmax(), L.Dense(2)], ["Softmax"]),
+    ],
+)
+def test_unsupported_layers_are_refused_before_sharing(inprocess, layers, words):
+    model = tf.keras.Sequential(layers)
+    before = sum(len(p.store) for p in inprocess.backend.parties)
+    with pytest.raises(UnsupportedLayerError) as info:
+        model.share(inprocess, name="refused")
+    for word in words:
+        assert word in str(info.value)
+    assert sum(len(p.store) for p in inprocess.backend.parties) == before, "nothing may be shared"
+
+
+def test_serving_stops_after_num_requests_and_restarts(inprocess):
+    model = MODELS["dense"]()
+    model.share(inprocess, name="lifecycle")
+    client = Client().connect_to_model(model.input_shape, (None, 5), inprocess, model_name="lifecycle")
+    x = np.ones((1, 12))
+    with pytest.raises(PolicyDenied, match="not serving"):
+        client.query_model(x)  # shared but not served yet
+    model.serve(2, block=False)
+    client.query_model(x)
+    client.query_model(x)
+    with pytest.raises(PolicyDenied, match="answered 2 of 2"):
+        client.query_model(x)
+    model.serve(1, block=False)
+    client.query_model(x)
+    model.serve(5, block=False)
+    assert model.stop() == 0
+    with pytest.raises(PolicyDenied):
+        client.query_model(x)
+
+
+def test_bad_client_input_is_refused(inprocess):
+    model = MODELS["dense"]()
+    model.share(inprocess, name="shapes")
+    model.serve(1, block=False)
+    client = Client().connect_to_model(model.input_shape, (None, 5), inprocess, model_name="shapes")
+    with pytest.raises(ValueError, match="shape"):
+        client.query_model(np.ones((2, 11)))
+
+
+@pytest.fixture(scope="module")
+def served(cluster):
+    """A CNN shared by the model owner and served in the background, on real server processes."""
+    tf.keras.utils.set_random_seed(1)
+    model = MODELS["cnn"]()
+    model.share(cluster, name="cnn")
+    yield model
+    model.stop()
+
+
+def test_networked_clients_get_their_own_answers_concurrently(cluster, served):
+    served.serve(4, block=False)
+    reference = logits_model(served)
+    rng = np.random.default_rng(3)
+    inputs = [rng.normal(size=(2, 10, 10, 1)) for _ in range(4)]
+    results, errors = [None] * 4, []
+    # Connections first (TLS handshakes), then the four queries at once.
+    clients = [Client().connect_to_model(served.input_shape, (None, 3), cluster, model_name="cnn") for _ in range(4)]
+
+    def ask(i):
+        try:
+            results[i] = clients[i].query_model(inputs[i])
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for x, got in zip(inputs, results):
+        np.testing.assert_allclose(got, reference(x).numpy(), atol=5e-3)
+    assert served._tfppml_shared.protocol.program_status("cnn")["served"] == 4
+
+
+def test_a_client_learns_nothing_but_its_own_output(cluster, served):
+    served.serve(1, block=False)
+    client = Client().connect_to_model(served.input_shape, (None, 3), cluster, model_name="cnn")
+    prot = client.protocol
+    weights = served._tfppml_shared.context.weights
+    # Neither revealing nor computing on the owner's weights is allowed to the client ...
+    handle = mpc.SharedTensor(prot, weights[0].id, weights[0].shape, 16)
+    with pytest.raises(PolicyDenied):
+        prot.reveal(handle)
+    with pytest.raises(PolicyDenied):
+        prot.reveal(handle * 1.0)
+    # ... nor controlling the model, nor reading another client's input.
+    with pytest.raises(PolicyDenied):
+        prot.serve("cnn", 100)
+    # (Clients are told apart by their certificates: another client has another identity.)
+    other = Client("other_client").connect_to_model(served.input_shape, (None, 3), cluster, model_name="cnn")
+    secret = other.protocol.share(np.ones((1, 10, 10, 1)))
+    with pytest.raises(PolicyDenied):
+        prot.reveal(mpc.SharedTensor(prot, secret.id, secret.shape, 16))
+    # Its own query still works.
+    assert client.query_model(np.zeros((1, 10, 10, 1))).shape == (1, 3)

@@ -1,0 +1,56 @@
+"""Secure comparison, ReLU, pooling and argmax against NumPy."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfppml.mpc as mpc
+
+from .conftest import RES
+
+
+def test_nonnegative_exact_including_edges(prot):
+    bound = prot.encoding.bound
+    x = np.array([0.0, RES, -RES, 1.0, -1.0, bound - 1, -(bound - 1), 123.456, -0.0001])
+    result = prot.reveal(prot.nonnegative(prot.share(x)))
+    assert result.dtype == np.int64
+    # Values closer to 0 than half a unit encode to 0, which counts as non-negative.
+    expected = (np.round(x / RES) >= 0).astype(np.int64)
+    np.testing.assert_array_equal(result, expected)
+
+
+def test_relu_random(prot, rng):
+    x = rng.normal(size=(40, 25)) * 50
+    np.testing.assert_allclose(prot.reveal(mpc.relu(prot.share(x))), np.maximum(x, 0), atol=RES)
+
+
+def test_relu_of_products_composes(prot, rng):
+    x = rng.normal(size=(8, 16))
+    w = rng.normal(size=(16, 4))
+    result = prot.reveal(mpc.relu(prot.share(x) @ prot.share(w) + 0.5))
+    np.testing.assert_allclose(result, np.maximum(x @ w + 0.5, 0), atol=16 * 5 * RES)
+
+
+@pytest.mark.parametrize("pool,strides", [(2, None), (3, 1), ((2, 3), (1, 2))])
+def test_max_pool_matches_tf(prot, rng, pool, strides):
+    x = rng.normal(size=(2, 7, 8, 3)) * 4
+    expected = tf.nn.max_pool2d(x, pool, strides if strides is not None else pool, "VALID").numpy()
+    result = prot.reveal(mpc.max_pool2d(prot.share(x), pool, strides))
+    np.testing.assert_allclose(result, expected, atol=RES)
+
+
+@pytest.mark.parametrize("pool,strides", [(2, None), (3, 1), ((2, 3), (1, 2))])
+def test_avg_pool_matches_tf(prot, rng, pool, strides):
+    x = rng.normal(size=(2, 7, 8, 3)) * 4
+    expected = tf.nn.avg_pool2d(x, pool, strides if strides is not None else pool, "VALID").numpy()
+    result = prot.reveal(mpc.avg_pool2d(prot.share(x), pool, strides))
+    # The window sum (at most window * max|x|) is multiplied by 1/window rounded to within 2**-17.
+    window = np.prod(np.broadcast_to(pool, 2))
+    np.testing.assert_allclose(result, expected, atol=window * np.abs(x).max() * RES / 2 + 2 * RES)
+
+
+@pytest.mark.parametrize("shape,axis", [((6, 10), -1), ((3, 7), 1), ((5, 4, 3), 0), ((1, 1), -1)])
+def test_argmax(prot, rng, shape, axis):
+    x = rng.normal(size=shape)
+    result = prot.reveal(mpc.argmax(prot.share(x), axis=axis))
+    np.testing.assert_array_equal(result, np.argmax(x, axis=axis))

@@ -1,0 +1,176 @@
+"""Arithmetic protocols against float64 NumPy within the stated fixed-point error bounds."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import tfppml.mpc as mpc
+from tfppml.mpc import ABY3, SharedTensor
+
+from .conftest import RES, product_tolerance
+
+
+def reals(shape, bound=100.0):
+    return hnp.arrays(np.float64, shape, elements=st.floats(-bound, bound, allow_nan=False, width=64))
+
+
+@pytest.mark.parametrize("owner", [None, "server0", "server1", "server2"])
+def test_share_and_reveal_roundtrip(prot, rng, owner):
+    x = rng.normal(size=(3, 5)) * 100
+    shared = prot.share(x, owner=owner)
+    assert isinstance(shared, SharedTensor) and shared.shape == (3, 5)
+    np.testing.assert_allclose(prot.reveal(shared), x, atol=RES / 2)
+
+
+def test_integers_are_exact(prot):
+    x = np.array([[-7, 0, 2**20]])
+    shared = prot.share(x, integer=True)
+    result = prot.reveal(shared * 3 - 1)
+    assert result.dtype == np.int64
+    np.testing.assert_array_equal(result, x * 3 - 1)
+
+
+@given(data=st.data())
+@settings(max_examples=15)
+def test_add_sub_neg_broadcasting(inprocess, data):
+    shapes = data.draw(hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=3, max_side=4))
+    x = data.draw(reals(shapes.input_shapes[0]))
+    y = data.draw(reals(shapes.input_shapes[1]))
+    sx, sy = inprocess.share(x), inprocess.share(y)
+    np.testing.assert_allclose(inprocess.reveal(sx + sy), x + y, atol=RES)
+    np.testing.assert_allclose(inprocess.reveal(sx - sy), x - y, atol=RES)
+    np.testing.assert_allclose(inprocess.reveal(-sx), -x, atol=RES / 2)
+    np.testing.assert_allclose(inprocess.reveal(sx + y), x + y, atol=RES)
+    np.testing.assert_allclose(inprocess.reveal(y - sx), y - x, atol=RES)
+
+
+@given(data=st.data())
+@settings(max_examples=15)
+def test_elementwise_mul(inprocess, data):
+    shapes = data.draw(hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=3, max_side=4))
+    x = data.draw(reals(shapes.input_shapes[0], 30.0))
+    y = data.draw(reals(shapes.input_shapes[1], 30.0))
+    sx, sy = inprocess.share(x), inprocess.share(y)
+    np.testing.assert_allclose(inprocess.reveal(sx * sy), x * y, atol=product_tolerance(x, y))
+    np.testing.assert_allclose(inprocess.reveal(sx * y), x * y, atol=product_tolerance(x, y))
+    np.testing.assert_allclose(inprocess.reveal(sx * 3), x * 3, atol=3 * RES)
+
+
+def test_chained_products_stay_accurate(prot, rng):
+    x = rng.uniform(-1.5, 1.5, size=(50,))
+    s = prot.share(x)
+    out = s
+    for _ in range(5):
+        out = out * s * 0.5
+    np.testing.assert_allclose(prot.reveal(out), x**6 / 32, atol=50 * RES)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 5, 2), (17, 64, 9), (64, 256, 32)])
+def test_matmul(prot, rng, m, k, n):
+    x = rng.normal(size=(m, k))
+    w = rng.normal(size=(k, n))
+    result = prot.reveal(prot.share(x) @ prot.share(w, owner="server2"))
+    np.testing.assert_allclose(result, x @ w, atol=product_tolerance(x, w, k))
+
+
+def test_batched_matmul_and_public_weights(prot, rng):
+    x = rng.normal(size=(4, 3, 6))
+    w = rng.normal(size=(6, 2))
+    np.testing.assert_allclose(prot.reveal(prot.share(x) @ w), x @ w, atol=product_tolerance(x, w, 6))
+    np.testing.assert_allclose(prot.reveal(x @ prot.share(w)), x @ w, atol=product_tolerance(x, w, 6))
+
+
+@pytest.mark.parametrize("strides,padding", [(1, "VALID"), (1, "SAME"), (2, "VALID"), (2, "SAME"), ((1, 2), "SAME")])
+def test_conv2d_matches_tf(prot, rng, strides, padding):
+    import tensorflow as tf
+
+    x = rng.normal(size=(2, 7, 6, 3))
+    w = rng.normal(size=(3, 3, 3, 4)) * 0.5
+    expected = tf.nn.conv2d(x, w, strides=strides, padding=padding).numpy()
+    result = prot.reveal(mpc.conv2d(prot.share(x), prot.share(w), strides, padding))
+    np.testing.assert_allclose(result, expected, atol=product_tolerance(x, w, 27))
+
+
+def test_sum_mean_and_shapes(prot, rng):
+    x = rng.normal(size=(2, 3, 4)) * 10
+    s = prot.share(x)
+    np.testing.assert_allclose(prot.reveal(s.sum()), x.sum(), atol=24 * RES)
+    np.testing.assert_allclose(prot.reveal(s.sum(axis=1)), x.sum(axis=1), atol=3 * RES)
+    np.testing.assert_allclose(prot.reveal(s.sum(axis=(0, 2), keepdims=True)), x.sum(axis=(0, 2), keepdims=True), atol=8 * RES)
+    np.testing.assert_allclose(prot.reveal(s.mean(axis=-1)), x.mean(axis=-1), atol=4 * RES)
+    np.testing.assert_allclose(prot.reveal(s.reshape(6, 4)), x.reshape(6, 4), atol=RES)
+    np.testing.assert_allclose(prot.reveal(s.transpose([2, 0, 1])), x.transpose(2, 0, 1), atol=RES)
+    np.testing.assert_allclose(prot.reveal(s.T), x.T, atol=RES)
+    np.testing.assert_allclose(prot.reveal(s[1, :, ::2]), x[1, :, ::2], atol=RES)
+    np.testing.assert_allclose(prot.reveal(s[..., None, -1]), x[..., None, -1], atol=RES)
+    np.testing.assert_allclose(prot.reveal(mpc.concat([s, s * 2], axis=1)), np.concatenate([x, x * 2], 1), atol=3 * RES)
+
+
+def test_values_near_the_encoding_range(prot):
+    bound = prot.encoding.bound
+    edge = np.array([bound - 1, -(bound - 1)])
+    np.testing.assert_allclose(prot.reveal(prot.share(edge)), edge, atol=RES)
+    with pytest.raises(ValueError, match="outside the encoding range"):
+        prot.share(np.array([0.0, bound]))
+    with pytest.raises(ValueError, match="finite"):
+        prot.share(np.array([np.nan]))
+
+
+def test_reveal_to_a_named_party_returns_nothing_to_the_driver(inprocess, rng):
+    x = rng.normal(size=(4,))
+    s = inprocess.share(x)
+    assert inprocess.reveal(s, to="server1") is None
+    party = inprocess.backend.parties[1]
+    plain = [v for k, v in party.store.items() if v.kind == "plain"]
+    assert plain, "server1 should hold the revealed plaintext"
+    from tfppml import ops
+
+    np.testing.assert_allclose(ops.fixed_point_decode(plain[-1].a).numpy(), x, atol=RES / 2)
+    for other in (0, 2):
+        assert not any(v.kind == "plain" for v in inprocess.backend.parties[other].store.values())
+
+
+def test_freed_shares_leave_the_servers(inprocess):
+    s = inprocess.share(np.ones(3))
+    share_id = s.id
+    assert all(share_id in p.store for p in inprocess.backend.parties)
+    s.free()
+    assert not any(share_id in p.store for p in inprocess.backend.parties)
+    t = inprocess.share(np.ones(3))
+    tid = t.id
+    del t  # garbage-collected handles are freed with the next command
+    inprocess.share(np.ones(1))
+    assert not any(tid in p.store for p in inprocess.backend.parties)
+
+
+@pytest.mark.parametrize(
+    "call,error,words",
+    [
+        (lambda p: p.share("abc"), TypeError, ["share", "`value`"]),
+        (lambda p: p.share(np.ones(2), owner="server9"), ValueError, ["`owner`", "server9"]),
+        (lambda p: p.share(np.ones((2, 3))) @ p.share(np.ones((4, 2))), ValueError, ["matmul", "inner", "3 != 4"]),
+        (lambda p: p.share(np.ones(3)) @ p.share(np.ones(3)), ValueError, ["matmul", "rank"]),
+        (lambda p: p.share(np.ones((2, 3))) + p.share(np.ones((4,))), ValueError, ["broadcast"]),
+        (lambda p: mpc.conv2d(p.share(np.ones((1, 4, 4, 2))), np.ones((3, 3, 3, 1))), ValueError, ["channels"]),
+        (lambda p: mpc.conv2d(p.share(np.ones((1, 4, 4, 1))), np.ones((3, 3, 1, 1)), padding="FULL"), ValueError, ["`padding`"]),
+        (lambda p: mpc.max_pool2d(p.share(np.ones((1, 4, 4, 1))), padding="SAME"), ValueError, ["`padding`"]),
+        (lambda p: mpc.avg_pool2d(p.share(np.ones((4, 4)))), ValueError, ["NHWC"]),
+        (lambda p: p.share(np.ones((2, 3))).sum(axis=2), ValueError, ["`axis`"]),
+        (lambda p: p.share(np.ones((2, 3))).reshape(4, 2), ValueError, ["reshape"]),
+        (lambda p: p.share(np.ones((2, 3)))[5], IndexError, ["index"]),
+        (lambda p: p.reveal(np.ones(3)), TypeError, ["reveal", "`x`"]),
+        (lambda p: p.reveal(p.share(np.ones(3)), to="nobody"), ValueError, ["`to`"]),
+        (lambda p: bool(p.share(np.ones(1))), TypeError, ["secret"]),
+        (lambda p: ABY3(frac_bits=40), ValueError, ["`frac_bits`"]),
+        (lambda p: p.share(np.ones(2)) + ABY3().share(np.ones(2)), ValueError, ["another protocol"]),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(prot, call, error, words):
+    with pytest.raises(error) as info:
+        call(prot)
+    for word in words:
+        assert word in str(info.value)
+    # The protocol is still usable after a refused call.
+    np.testing.assert_allclose(prot.reveal(prot.share(np.ones(2)) * 2.0), [2.0, 2.0], atol=RES)

@@ -1,0 +1,158 @@
+"""What a single server sees is independent of the secrets.
+
+A server's view of a computation is everything it holds (its pair of every shared tensor) and every message it
+receives.  We run the same computation on two different secrets and compare the distribution of each view
+component, and of the sum and difference of every two components of one shape (the simplest things a curious
+server could compute), with a two-sample chi-square test on their top bits.  The same test run on deliberately
+broken variants of the protocol (no randomness, unmasked truncation) must flag them; otherwise the test could
+not catch a leak.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import stats
+
+import tfppml.mpc as mpc
+from tfppml import ops
+from tfppml.mpc import runtime
+
+N = 4096
+TOP_BITS = 4
+
+
+class RecordingChannel:
+    """Delegates to a party's channel and keeps every message the party receives."""
+
+    def __init__(self, inner):
+        self.inner, self.received = inner, []
+
+    def send(self, to, tag, array):
+        self.inner.send(to, tag, array)
+
+    def recv(self, frm, tag, timeout=None):
+        array = self.inner.recv(frm, tag, timeout)
+        self.received.append(np.asarray(array, dtype=np.uint64).reshape(-1))
+        return array
+
+    def close(self):
+        self.inner.close()
+
+
+def run_and_record(secret: float, owner=None):
+    """The views of the three servers for one run of a small computation on a secret vector."""
+    prot = mpc.ABY3()
+    recorders = []
+    for party in prot.backend.parties:
+        party.channel = RecordingChannel(party.channel)
+        recorders.append(party.channel)
+    try:
+        x = prot.share(np.full(N, secret), owner=owner)
+        k = prot.share(np.full(N, 2.5))
+        t = x * k  # truncated product
+        u = mpc.relu(t - 1.0)  # secure comparison + bit injection
+        m = x.reshape(64, 64) @ prot.share(np.eye(64) * 0.5)  # matmul
+        views = []
+        for index, party in enumerate(prot.backend.parties):
+            held = []
+            for tensor in (x, t, u, m):
+                share = party.store[tensor.id]
+                held += [share.a.numpy().reshape(-1), share.b.numpy().reshape(-1)]
+            views.append(held + [r for r in recorders[index].received if r.size == N])
+        return views
+    finally:
+        prot.close()
+
+
+def features(view):
+    out = list(view)
+    for i in range(len(view)):
+        for j in range(i + 1, len(view)):
+            with np.errstate(over="ignore"):
+                out += [view[i] + view[j], view[i] - view[j]]
+    return out
+
+
+def min_p_value(view_a, view_b):
+    assert len(view_a) == len(view_b)
+    p_values = []
+    for fa, fb in zip(features(view_a), features(view_b)):
+        bins = 2**TOP_BITS
+        ha = np.bincount((fa >> np.uint64(64 - TOP_BITS)).astype(np.int64), minlength=bins)
+        hb = np.bincount((fb >> np.uint64(64 - TOP_BITS)).astype(np.int64), minlength=bins)
+        table = np.array([ha, hb])
+        table = table[:, table.sum(axis=0) > 0]
+        if table.shape[1] < 2:  # both constant in the same bin: same distribution
+            p_values.append(1.0 if np.array_equal(ha, hb) else 0.0)
+            continue
+        p_values.append(stats.chi2_contingency(table)[1])
+    return min(p_values), len(p_values)
+
+
+def assert_views_independent(views_a, views_b, parties=(0, 1, 2)):
+    for index in parties:
+        p, count = min_p_value(views_a[index], views_b[index])
+        assert p > 1e-4 / count, f"server{index}'s view depends on the secret (p={p:.3g} over {count} features)"
+
+
+def assert_views_leak(views_a, views_b):
+    leaks = [min_p_value(views_a[i], views_b[i])[0] < 1e-9 for i in range(3)]
+    assert any(leaks), "the broken variant was not detected"
+
+
+def test_views_are_independent_of_the_secret():
+    assert_views_independent(run_and_record(3.7), run_and_record(-3.7))
+
+
+def test_owner_sharing_hides_the_secret_from_the_other_two_servers():
+    assert_views_independent(run_and_record(3.7, owner="server0"), run_and_record(-3.7, owner="server0"), parties=(1, 2))
+
+
+def test_no_message_carries_the_secret_or_a_product():
+    prot = mpc.ABY3()
+    recorders = []
+    for party in prot.backend.parties:
+        party.channel = RecordingChannel(party.channel)
+        recorders.append(party.channel)
+    secret = np.linspace(-5, 5, N)
+    x = prot.share(secret)
+    t = x * 2.5
+    mpc.relu(t)
+    encoded = {int(v) for v in ops.fixed_point_encode(secret).numpy()}
+    encoded |= {int(v) for v in ops.fixed_point_encode(secret * 2.5).numpy()}
+    encoded |= {int(v) for v in ops.fixed_point_encode(secret * 2.5, frac_bits=32).numpy()}
+    encoded.discard(0)
+    for recorder in recorders:
+        assert recorder.received
+        for message in recorder.received:
+            assert not encoded.intersection(int(v) for v in message)
+    prot.close()
+
+
+def test_broken_variant_without_randomness_is_detected(monkeypatch):
+    # TF Encrypted's failure mode: a missing PRG silently replaced by something predictable.
+    monkeypatch.setattr(ops, "prg_uniform", lambda seed, shape, offset=0: tf.zeros(shape, tf.uint64))
+    assert_views_leak(run_and_record(3.7), run_and_record(-3.7))
+
+
+def test_broken_variant_with_unmasked_truncation_is_detected(monkeypatch):
+    original = runtime.OpContext.reshare
+
+    def leaky_reshare(self, z, label, trunc_bits=0):
+        if trunc_bits == 0 or self.i != 0:
+            return original(self, z, label, trunc_bits)
+        # P0 forgets to mask y0 with y1 (drawn from a key P2 does not hold) before sending it to P2.
+        high = runtime.shift_right_logical(ops.ring_add(z, self.recv(1, f"{label}/t1")), trunc_bits)
+        self.send(2, f"{label}/t2", high)
+        return high, tf.zeros_like(high)
+
+    def leaky_party_side(self, z, label, trunc_bits=0):
+        if trunc_bits and self.i == 1:
+            z2 = self.recv(2, f"{label}/t1")
+            y2 = ops.ring_neg(runtime.shift_right_logical(ops.ring_neg(z2), trunc_bits))
+            self.send(0, f"{label}/t1", z)
+            return tf.zeros_like(y2), y2
+        return leaky_reshare(self, z, label, trunc_bits)
+
+    monkeypatch.setattr(runtime.OpContext, "reshare", leaky_party_side)
+    assert_views_leak(run_and_record(3.7), run_and_record(-3.7))

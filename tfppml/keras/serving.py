@@ -1,0 +1,192 @@
+"""Keras hooks for private inference: `model.share(cluster)`, `model.serve(...)`, `model.stop()`, and the
+client that secret-shares its input and gets back only its own prediction.
+
+    import tensorflow as tf, tfppml
+    hook = tfppml.KerasHook(tf.keras)              # adds share/serve/stop to tf.keras.Model
+    cluster = tfppml.Cluster(tfppml.Worker("localhost:4000"), tfppml.Worker("localhost:4001"),
+                             tfppml.Worker("localhost:4002"))
+    cluster.start()
+    model.share(cluster)          # the weights leave the owner only as shares
+    model.serve(num_requests=3)   # blocks until three predictions were served
+    # in another process:
+    client = tfppml.Client()
+    client.connect_to_model(input_shape, output_shape, cluster)
+    logits = client.query_model(image)
+
+Who learns what: the three servers see only shares (any one of them learns nothing about the weights or the
+input); the model owner learns how many queries were served; the client learns its logits and nothing else
+(the servers refuse to reveal anything else to it).  Threat model: non-colluding, semi-honest servers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfppml.keras.convert import ConversionContext, check_model, convert
+from tfppml.mpc import ABY3
+
+DEFAULT_MODEL_NAME = "model"
+
+
+def _protocol(cluster: Any, identity: str, frac_bits: int, fn: str) -> ABY3:
+    if isinstance(cluster, ABY3):
+        return cluster
+    if cluster is None or not hasattr(cluster, "remote"):
+        raise TypeError(
+            f"{fn}: argument `cluster` must be a started tfppml.Cluster (or a tfppml.mpc.ABY3), got "
+            f"{type(cluster).__name__}"
+        )
+    return ABY3(cluster, frac_bits, identity=identity)
+
+
+@dataclasses.dataclass
+class _SharedModel:
+    protocol: ABY3
+    name: str
+    context: ConversionContext
+    output_shape: tuple
+
+
+def _share(self: tf.keras.Model, cluster: Any, *, name: str = DEFAULT_MODEL_NAME, identity: str = "model_owner",
+           frac_bits: int = 16) -> "tf.keras.Model":
+    """Secret-shares this model's weights among the cluster's three servers and registers its forward pass.
+
+    Args:
+        cluster: a started `tfppml.Cluster` (or a `tfppml.mpc.ABY3` to use, e.g. the in-process back end).
+        name: the name clients query (default "model").
+        identity: the certificate identity of the model owner.
+        frac_bits: fixed-point fractional bits.
+
+    Returns:
+        The model, for chaining.
+
+    Raises:
+        tfppml.keras.UnsupportedLayerError: a layer has no secure form (raised before anything is shared).
+    """
+    check_model(self)  # refuse unsupported layers before anything leaves the owner
+    protocol = _protocol(cluster, identity, frac_bits, "Model.share")
+    input_shape = tuple(self.input_shape)
+    builder, x = protocol.program((1, *input_shape[1:]))
+    context = ConversionContext(builder)
+    y = convert(self, context, x)
+    protocol.register_program(name, y)
+    self._tfppml_shared = _SharedModel(protocol, name, context, tuple(y.shape[1:]))
+    return self
+
+
+def _state(model: tf.keras.Model, fn: str) -> _SharedModel:
+    state = getattr(model, "_tfppml_shared", None)
+    if state is None:
+        raise RuntimeError(f"Model.{fn}: call model.share(cluster) first")
+    return state
+
+
+def _serve(self: tf.keras.Model, num_requests: int = 1, *, block: bool = True, timeout: float | None = None,
+           poll_interval: float = 0.05) -> int:
+    """Serves private predictions.
+
+    Args:
+        num_requests: how many queries to answer in this serving period.
+        block: wait until they were answered (True) or return at once (serve in the background; call
+            `model.stop()` to end early).
+        timeout: with block=True, seconds to wait at most (None: forever); on expiry serving is stopped and
+            TimeoutError raised.
+        poll_interval: seconds between progress checks while blocking.
+
+    Returns:
+        The number of queries answered so far in this period.
+    """
+    state = _state(self, "serve")
+    if isinstance(num_requests, bool) or not isinstance(num_requests, int) or num_requests < 1:
+        raise ValueError(f"Model.serve: argument `num_requests` must be a positive int, got {num_requests!r}")
+    state.protocol.serve(state.name, num_requests)
+    if not block:
+        return 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        status = state.protocol.program_status(state.name)
+        if status["served"] >= num_requests:
+            return status["served"]
+        if deadline is not None and time.monotonic() > deadline:
+            served = state.protocol.stop_serving(state.name)
+            raise TimeoutError(f"Model.serve: answered {served} of {num_requests} requests in {timeout} s")
+        time.sleep(poll_interval)
+
+
+def _stop(self: tf.keras.Model) -> int:
+    """Stops serving (queries already admitted finish); returns how many were answered in this period."""
+    state = _state(self, "stop")
+    return state.protocol.stop_serving(state.name)
+
+
+class KerasHook:
+    """Adds `share`, `serve` and `stop` to a Keras module's Model class (e.g. `tfppml.KerasHook(tf.keras)`)."""
+
+    def __init__(self, keras: Any = tf.keras) -> None:
+        model_class = getattr(keras, "Model", None)
+        if not isinstance(model_class, type):
+            raise TypeError(f"KerasHook: argument `keras` must be a Keras module such as tf.keras, got {keras!r}")
+        model_class.share = _share
+        model_class.serve = _serve
+        model_class.stop = _stop
+        self.keras = keras
+
+
+class Client:
+    """A client of a served model: shares its input itself and learns only its own output.
+
+    Args:
+        identity: the certificate identity of this client (default "client").
+    """
+
+    def __init__(self, identity: str = "client") -> None:
+        self.identity = identity
+        self.protocol: ABY3 | None = None
+        self.input_shape: tuple | None = None
+        self.output_shape: tuple | None = None
+        self.model_name = DEFAULT_MODEL_NAME
+
+    def connect_to_model(self, input_shape: Sequence[int | None], output_shape: Sequence[int | None], cluster: Any,
+                         *, model_name: str = DEFAULT_MODEL_NAME, frac_bits: int = 16) -> "Client":
+        """Connects to a model served by `cluster` (a started or configured `tfppml.Cluster`, or an ABY3).
+
+        Args:
+            input_shape: the model's input shape; the first (batch) dimension may be None or any size.
+            output_shape: the model's output shape, checked against each answer.
+        """
+        self.protocol = _protocol(cluster, self.identity, frac_bits, "Client.connect_to_model")
+        self.input_shape, self.output_shape = tuple(input_shape), tuple(output_shape)
+        self.model_name = model_name
+        return self
+
+    def query_model(self, x: Any) -> np.ndarray:
+        """Secret-shares `x` (batch first), runs the served model on it and returns the logits to this client.
+
+        Raises:
+            ValueError: the input does not match the model's input shape.
+            tfppml.errors.PolicyDenied: the model is not serving (or no requests are left).
+        """
+        if self.protocol is None:
+            raise RuntimeError("Client.query_model: call connect_to_model first")
+        array = np.asarray(x, dtype=np.float64)
+        if array.ndim == len(self.input_shape) - 1:
+            array = array[None]
+        if array.shape[1:] != tuple(self.input_shape[1:]):
+            raise ValueError(
+                f"Client.query_model: argument `x` must have shape (batch, {', '.join(map(str, self.input_shape[1:]))}), "
+                f"got {array.shape}"
+            )
+        shared = self.protocol.share(array)
+        try:
+            logits = self.protocol.query(self.model_name, shared)
+        finally:
+            shared.free()
+        expected = tuple(self.output_shape[1:])
+        if any(d is not None for d in expected) and logits.shape[1:] != expected:
+            raise ValueError(f"Client.query_model: the model answered shape {logits.shape}, expected (batch, {expected})")
+        return logits

@@ -1,0 +1,803 @@
+"""The party side of the three-party replicated-secret-sharing protocol (ABY3-style, semi-honest).
+
+Each of the three servers runs a `PartyRuntime`.  A driver (the data owner, a model owner, a client) sends it
+commands; the runtime keeps the shares, computes on them with the ring kernels and exchanges protocol
+messages with the other two parties over a `Channel` (in-process queues or gRPC with mutual TLS).  The same
+code runs in both back ends.
+
+Sharing: a value x in Z_2^64 is split as x = x0 + x1 + x2 and party i holds the pair (x_i, x_{i+1}) (indices
+mod 3), so any two parties can reconstruct and any single party sees two uniformly random ring elements.
+Binary (XOR) sharings of 64-bit words use the same layout with XOR in place of +.
+
+Correlated randomness: at set-up party i draws a 256-bit key k_i and gives it to party i-1, so party i holds
+k_i and k_{i+1} and each key is known to exactly two parties.  Every random draw is ChaCha20 under a key derived
+from (k_j, operation id, label) with SHA-256, so draws never repeat across operations and the two holders of a
+key draw the same values without talking.  A zero-sharing alpha_i = F(k_i) - F(k_{i+1}) re-randomizes products,
+so a multiplication costs one message per party.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+
+from tfppml import ops
+from tfppml.errors import PolicyDenied, ProtocolError
+from tfppml.ops.prg import new_seed
+
+NUM_PARTIES = 3
+WORD_BITS = 64
+_ID = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
+
+Pair = tuple[tf.Tensor, tf.Tensor]
+OpFunction = Callable[["OpContext", dict, dict], tuple[dict, dict]]
+PARTY_OPS: dict[str, OpFunction] = {}
+# Operations a driver may not send directly (none yet: every step of a program is also a plain operation).
+PROGRAM_ONLY_OPS: frozenset[str] = frozenset()
+# Operations a served program may consist of: local and interactive computation, never data movement to or
+# from a driver (no input, reveal, free, stats or program management).
+PROGRAM_STEP_OPS = frozenset(
+    {"add", "sub", "neg", "mul", "matmul", "conv2d", "truncate", "scale_up", "reshape", "transpose", "getitem",
+     "concat", "sum", "relu", "nonnegative", "window_sum", "max_pool2d", "argmax"}
+)
+
+
+def party_op(name: str) -> Callable[[OpFunction], OpFunction]:
+    """Registers a party-side operation under `name` (the command a driver sends)."""
+
+    def register(fn: OpFunction) -> OpFunction:
+        if name in PARTY_OPS:
+            raise ValueError(f"party operation {name!r} is registered twice")
+        PARTY_OPS[name] = fn
+        return fn
+
+    return register
+
+
+def _u64(value: int) -> tf.Tensor:
+    return tf.constant(value, dtype=tf.uint64)
+
+
+def shift_left(x: tf.Tensor, bits: int) -> tf.Tensor:
+    return tf.bitwise.left_shift(x, _u64(bits))
+
+
+def shift_right_logical(x: tf.Tensor, bits: int) -> tf.Tensor:
+    return tf.bitwise.right_shift(x, _u64(bits))
+
+
+class Share:
+    """One party's view of a shared tensor: its two components, whether they are additive or XOR shares (or a
+    plaintext revealed to this party), and the identity that owns it (only the owner may use or reveal it)."""
+
+    __slots__ = ("a", "b", "kind", "owner")
+
+    def __init__(self, a: tf.Tensor, b: tf.Tensor, kind: str = "arith") -> None:
+        self.a, self.b, self.kind = a, b, kind
+        self.owner = ""
+
+    @property
+    def shape(self) -> list[int]:
+        return self.a.shape.as_list()
+
+
+class PartyRuntime:
+    """One of the three servers.
+
+    Args:
+        index: 0, 1 or 2.
+        names: the three parties' names, in index order.
+        channel: a `tfppml.net` Channel with send(to, tag, array) / recv(frm, tag, timeout).
+    """
+
+    def __init__(self, index: int, names: list[str], channel: Any) -> None:
+        if index not in range(NUM_PARTIES):
+            raise ValueError(f"PartyRuntime: argument `index` must be 0, 1 or 2, got {index!r}")
+        if len(names) != NUM_PARTIES or len(set(names)) != NUM_PARTIES:
+            raise ValueError(f"PartyRuntime: argument `names` must be three distinct names, got {names!r}")
+        self.index = index
+        self.names = list(names)
+        self.channel = channel
+        self.store: dict[str, Share] = {}
+        self.keys: dict[int, bytes] | None = None
+        self._setup_lock = threading.Lock()
+        self._seen_ops: set[str] = set()
+        self._ops_lock = threading.Lock()
+        # Communication counters, read (and reset) by the "stats" operation for benchmarks.
+        self.stats = {"messages_sent": 0, "bytes_sent": 0, "messages_received": 0}
+        self._stats_lock = threading.Lock()
+        # Registered programs (served models): name -> Program.
+        self.programs: dict[str, Program] = {}
+        self._programs_lock = threading.Lock()
+
+    def count(self, key: str, amount: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[key] += amount
+
+    # The service interface of tfppml.net: one command in, one answer out.
+    def handle(self, caller: str, meta: dict, tensors: dict[str, np.ndarray]) -> tuple[dict, dict]:
+        op = meta.get("op")
+        op_id = meta.get("op_id")
+        args = meta.get("args", {})
+        if op not in PARTY_OPS:
+            raise ProtocolError(f"unknown operation {op!r}; known: {sorted(PARTY_OPS)}")
+        if not isinstance(op_id, str) or not _ID.match(op_id):
+            raise ProtocolError(f"operation id must be a short identifier string, got {op_id!r}")
+        if not isinstance(args, dict):
+            raise ProtocolError(f"operation arguments must be a mapping, got {type(args).__name__}")
+        with self._ops_lock:
+            # A reused operation id would reuse PRG draws and message tags: refuse it.
+            if op_id in self._seen_ops:
+                raise ProtocolError(f"operation id {op_id!r} was used before")
+            self._seen_ops.add(op_id)
+        if op != "setup" and self.keys is None:
+            raise ProtocolError("the party has not been set up: run the 'setup' operation first")
+        if op in PROGRAM_ONLY_OPS:
+            raise PolicyDenied(f"operation {op!r} only runs inside a served program")
+        tensors = {k: tf.constant(v) for k, v in tensors.items()}
+        return PARTY_OPS[op](OpContext(self, op_id, caller), args, tensors)
+
+
+class OpContext:
+    """Per-operation helpers: message tags, derived PRG keys and the sub-protocols."""
+
+    def __init__(self, party: PartyRuntime, op_id: str, caller: str, privileged: bool = False) -> None:
+        self.party = party
+        self.op_id = op_id
+        self.i = party.index
+        self.caller = caller
+        # Inside a served program the steps may read the model owner's weights and the client's input.
+        self.privileged = privileged
+
+    # --- the share store, with ownership ----------------------------------------------------------------
+    def get(self, share_id: Any, kind: str = "arith") -> Share:
+        store = self.party.store
+        if not isinstance(share_id, str) or share_id not in store:
+            raise ProtocolError(f"party {self.party.names[self.i]} holds no shared tensor {share_id!r}")
+        share = store[share_id]
+        if not self.privileged and share.owner != self.caller:
+            raise PolicyDenied(f"{self.caller!r} may not use shared tensor {share_id!r}: it belongs to another identity")
+        if share.kind != kind:
+            raise ProtocolError(f"shared tensor {share_id!r} is a {share.kind} sharing, expected {kind}")
+        return share
+
+    def put(self, share_id: Any, share: Share) -> dict:
+        if not isinstance(share_id, str) or not _ID.match(share_id):
+            raise ProtocolError(f"shared tensor ids must be short identifier strings, got {share_id!r}")
+        existing = self.party.store.get(share_id)
+        if existing is not None and existing.owner != self.caller:
+            raise PolicyDenied(f"{self.caller!r} may not overwrite shared tensor {share_id!r}")
+        share.owner = self.caller
+        self.party.store[share_id] = share
+        return {"shape": share.shape}
+
+    # --- messages -------------------------------------------------------------------------------------------
+    def send(self, to: int, label: str, value: tf.Tensor) -> None:
+        array = np.asarray(value)
+        self.party.channel.send(self.party.names[to % NUM_PARTIES], f"{self.op_id}/{label}", array)
+        self.party.count("messages_sent")
+        self.party.count("bytes_sent", array.nbytes)
+
+    def recv(self, frm: int, label: str) -> tf.Tensor:
+        array = self.party.channel.recv(self.party.names[frm % NUM_PARTIES], f"{self.op_id}/{label}")
+        self.party.count("messages_received")
+        return tf.constant(array)
+
+    # --- randomness -----------------------------------------------------------------------------------------
+    def prg(self, key: int, label: str, shape: list[int]) -> tf.Tensor:
+        """ChaCha20 output under key k_key, held by parties key-1 and key; only they can call this."""
+        key %= NUM_PARTIES
+        keys = self.party.keys
+        if keys is None or key not in keys:
+            raise ProtocolError(f"party {self.i} does not hold key {key}")
+        digest = hashlib.sha256(keys[key] + f"|{self.op_id}|{label}".encode()).digest()
+        return ops.prg_uniform(np.frombuffer(digest, dtype="<u8").astype(np.uint64), shape)
+
+    def zero_share(self, label: str, shape: list[int]) -> tf.Tensor:
+        """This party's term of a three-way additive sharing of zero."""
+        return ops.ring_sub(self.prg(self.i, label, shape), self.prg(self.i + 1, label, shape))
+
+    def zero_share_xor(self, label: str, shape: list[int]) -> tf.Tensor:
+        return tf.bitwise.bitwise_xor(self.prg(self.i, label, shape), self.prg(self.i + 1, label, shape))
+
+    # --- sub-protocols --------------------------------------------------------------------------------------
+    def reshare(self, z: tf.Tensor, label: str, trunc_bits: int = 0) -> Pair:
+        """Turns this party's term z_i of a 3-out-of-3 sharing (already re-randomized) into a pair.
+
+        Without truncation each party sends z_i to party i-1 (one message each).  With truncation by d bits,
+        a SecureML-style two-party truncation of (z0 + z1, z2) is re-shared in two rounds:
+        P1 sends z1 to P0 and P2 sends z2 to P1; P0 computes (z0 + z1) >> d, keeps y1 drawn from k1 (shared
+        with P1) and sends y0 = ((z0 + z1) >> d) - y1 to P2; P1 and P2 compute y2 = -((-z2) >> d).
+        """
+        i = self.i
+        if trunc_bits == 0:
+            self.send(i - 1, f"{label}/reshare", z)
+            return z, self.recv(i + 1, f"{label}/reshare")
+        shape = z.shape.as_list()
+        if i == 1:
+            self.send(0, f"{label}/t1", z)
+        elif i == 2:
+            self.send(1, f"{label}/t1", z)
+        if i == 0:
+            high = shift_right_logical(ops.ring_add(z, self.recv(1, f"{label}/t1")), trunc_bits)
+            y1 = self.prg(1, f"{label}/y1", shape)
+            y0 = ops.ring_sub(high, y1)
+            self.send(2, f"{label}/t2", y0)
+            return y0, y1
+        z2 = z if i == 2 else self.recv(2, f"{label}/t1")
+        y2 = ops.ring_neg(shift_right_logical(ops.ring_neg(z2), trunc_bits))
+        if i == 1:
+            return self.prg(1, f"{label}/y1", shape), y2
+        return y2, self.recv(0, f"{label}/t2")
+
+    def multiply(self, x: Pair, y: Pair, label: str, trunc_bits: int, product=None) -> Pair:
+        """Shares of product(x, y) for any bilinear `product` (elementwise by default, matmul, conv2d)."""
+        product = product or ops.ring_mul
+        # x_i*y_i + x_i*y_{i+1} + x_{i+1}*y_i = x_i*(y_i + y_{i+1}) + x_{i+1}*y_i: two products, not three.
+        z = ops.ring_add(product(x[0], ops.ring_add(y[0], y[1])), product(x[1], y[0]))
+        z = ops.ring_add(z, self.zero_share(f"{label}/alpha", z.shape.as_list()))
+        return self.reshare(z, label, trunc_bits)
+
+    def and_(self, x: Pair, y: Pair, label: str) -> Pair:
+        """Bitwise AND of XOR-shared words (64 AND gates per element, one message per party)."""
+        band, bxor = tf.bitwise.bitwise_and, tf.bitwise.bitwise_xor
+        z = bxor(bxor(band(x[0], y[0]), band(x[0], y[1])), band(x[1], y[0]))
+        z = bxor(z, self.zero_share_xor(f"{label}/beta", z.shape.as_list()))
+        self.send(self.i - 1, f"{label}/and", z)
+        return z, self.recv(self.i + 1, f"{label}/and")
+
+    def msb(self, x: Pair, label: str) -> Pair:
+        """XOR shares of the most significant bit (the sign) of an additively shared x, in bit 0.
+
+        The three additive terms are XOR-shared as they stand (x_j known to the two parties holding it), added
+        with a carry-save step and a Kogge-Stone parallel-prefix adder on 64-bit words: 8 rounds of ANDs.
+        """
+        band, bxor = tf.bitwise.bitwise_and, tf.bitwise.bitwise_xor
+        zero = tf.zeros_like(x[0])
+        # Party i's pairs of the XOR sharings of x_i, x_{i+1}, x_{i+2}.
+        terms = [(x[0], zero), (zero, x[1]), (zero, zero)]
+        by_index = {(self.i + k) % NUM_PARTIES: terms[k] for k in range(NUM_PARTIES)}
+        t0, t1, t2 = by_index[0], by_index[1], by_index[2]
+
+        def xor(p: Pair, q: Pair) -> Pair:
+            return bxor(p[0], q[0]), bxor(p[1], q[1])
+
+        def shl(p: Pair, bits: int) -> Pair:
+            return shift_left(p[0], bits), shift_left(p[1], bits)
+
+        # Carry-save: x0 + x1 + x2 = s + 2*maj(x0, x1, x2), maj = ((x0^x1) & (x0^x2)) ^ x0.
+        s = xor(xor(t0, t1), t2)
+        maj = xor(self.and_(xor(t0, t1), xor(t0, t2), f"{label}/maj"), t0)
+        c = shl(maj, 1)
+        p = xor(s, c)
+        g = self.and_(s, c, f"{label}/g")
+        p0 = p
+        shift = 1
+        while shift < WORD_BITS:
+            gs = shl(g, shift)
+            if shift * 2 < WORD_BITS:
+                # One message for both ANDs of the level.
+                both = self.and_(
+                    (tf.stack([p[0], p[0]]), tf.stack([p[1], p[1]])),
+                    (tf.stack([gs[0], shift_left(p[0], shift)]), tf.stack([gs[1], shift_left(p[1], shift)])),
+                    f"{label}/ks{shift}",
+                )
+                g = xor(g, (both[0][0], both[1][0]))
+                p = (both[0][1], both[1][1])
+            else:
+                g = xor(g, self.and_(p, gs, f"{label}/ks{shift}"))
+            shift *= 2
+        # Bit 63 of the sum is p0[63] ^ carry into 63 = p0[63] ^ g[62].
+        top = xor(p0, shl(g, 1))
+        one = _u64(1)
+        return band(shift_right_logical(top[0], 63), one), band(shift_right_logical(top[1], 63), one)
+
+    def bit_to_arith(self, bit: Pair, label: str) -> Pair:
+        """Additive shares of b = b0 ^ b1 ^ b2 from XOR shares of a single bit (2 rounds)."""
+        zero = tf.zeros_like(bit[0])
+        terms = [(bit[0], zero), (zero, bit[1]), (zero, zero)]
+        by_index = {(self.i + k) % NUM_PARTIES: terms[k] for k in range(NUM_PARTIES)}
+        b0, b1, b2 = by_index[0], by_index[1], by_index[2]
+        two = _u64(2)
+
+        def xor_arith(p: Pair, q: Pair, step: str) -> Pair:
+            pq = self.multiply(p, q, f"{label}/{step}", 0)
+            return tuple(ops.ring_sub(ops.ring_add(p[k], q[k]), ops.ring_mul(pq[k], two)) for k in range(2))
+
+        return xor_arith(xor_arith(b0, b1, "x01"), b2, "x012")
+
+    def nonnegative(self, x: Pair, label: str) -> Pair:
+        """Additive shares of [x >= 0] (as the integer 0 or 1) for additively shared x."""
+        b = self.bit_to_arith(self.msb(x, f"{label}/msb"), f"{label}/b2a")
+        # 1 - b: the public 1 enters as the term of index 0 (held by parties 0 and 2).
+        return _one_minus(self.i, b)
+
+    def maximum(self, x: Pair, y: Pair, label: str) -> Pair:
+        """Shares of max(x, y) elementwise: y + [x - y >= 0] * (x - y)."""
+        d = sub(x, y)
+        bit = self.nonnegative(d, f"{label}/ge")
+        return add(y, self.multiply(bit, d, f"{label}/sel", 0))
+
+
+def public_term(i: int, value: tf.Tensor, like: tf.Tensor) -> Pair:
+    """Party i's pair of the trivial sharing (value, 0, 0) of a public value."""
+    full = tf.broadcast_to(value, tf.shape(like))
+    zero = tf.zeros_like(like)
+    if i == 0:
+        return full, zero
+    if i == 2:
+        return zero, full
+    return zero, zero
+
+
+def _one_minus(i: int, b: Pair) -> Pair:
+    one = public_term(i, _u64(1), b[0])
+    return ops.ring_sub(one[0], b[0]), ops.ring_sub(one[1], b[1])
+
+
+def add(x: Pair, y: Pair) -> Pair:
+    return ops.ring_add(x[0], y[0]), ops.ring_add(x[1], y[1])
+
+
+def sub(x: Pair, y: Pair) -> Pair:
+    return ops.ring_sub(x[0], y[0]), ops.ring_sub(x[1], y[1])
+
+
+def _pair(share: Share) -> Pair:
+    return share.a, share.b
+
+
+def _int_arg(args: dict, name: str, low: int, high: int) -> int:
+    value = args.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ProtocolError(f"argument {name!r} must be an int in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _shape_arg(args: dict, name: str) -> list[int]:
+    value = args.get(name)
+    if not isinstance(value, list) or not all(isinstance(v, int) and v >= -1 for v in value):
+        raise ProtocolError(f"argument {name!r} must be a list of dimensions, got {value!r}")
+    return value
+
+
+# --- set-up and data movement --------------------------------------------------------------------------------
+@party_op("setup")
+def _setup(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    party = ctx.party
+    with party._setup_lock:
+        if party.keys is None:
+            # Party i draws k_i and gives it to party i-1, which therefore holds k_{i-1} and k_i.
+            own = new_seed(256)
+            party.channel.send(party.names[(ctx.i - 1) % NUM_PARTIES], "setup/key", own)
+            nxt = np.asarray(party.channel.recv(party.names[(ctx.i + 1) % NUM_PARTIES], "setup/key"))
+            if nxt.dtype != np.uint64 or nxt.shape != (4,):
+                raise ProtocolError("set-up key from the next party is malformed")
+            party.keys = {ctx.i: own.tobytes(), (ctx.i + 1) % NUM_PARTIES: nxt.tobytes()}
+    return {}, {}
+
+
+@party_op("input")
+def _input(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    """The driver shared a value itself and sends this party its pair."""
+    a, b = tensors.get("a"), tensors.get("b")
+    if a is None or b is None or a.dtype != tf.uint64 or b.dtype != tf.uint64 or a.shape != b.shape:
+        raise ProtocolError("input needs two uint64 tensors 'a' and 'b' of one shape")
+    return ctx.put(args.get("out"), Share(a, b)), {}
+
+
+@party_op("input_from")
+def _input_from(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    """Party `owner` holds an encoded value and shares it: x_o and x_{o+1} come from keys k_o and k_{o+1}
+    (each known to the two parties that need that term), and the owner sends x_{o+2} to the other two."""
+    owner = _int_arg(args, "owner", 0, NUM_PARTIES - 1)
+    shape = _shape_arg(args, "shape")
+    terms: dict[int, tf.Tensor] = {}
+    for k in (owner, owner + 1):
+        if ctx.i in ((k - 1) % NUM_PARTIES, k % NUM_PARTIES):
+            terms[k % NUM_PARTIES] = ctx.prg(k, f"term{k % NUM_PARTIES}", shape)
+    last = (owner + 2) % NUM_PARTIES
+    if ctx.i == owner:
+        value = tensors.get("value")
+        if value is None or value.dtype != tf.uint64 or value.shape.as_list() != shape:
+            raise ProtocolError(f"the owner needs a uint64 'value' of shape {shape}")
+        terms[last] = ops.ring_sub(ops.ring_sub(value, terms[owner]), terms[(owner + 1) % NUM_PARTIES])
+        ctx.send(owner + 1, "last", terms[last])
+        ctx.send(owner + 2, "last", terms[last])
+    else:
+        terms[last] = ctx.recv(owner, "last")
+    share = Share(terms[ctx.i], terms[(ctx.i + 1) % NUM_PARTIES])
+    return ctx.put(args.get("out"), share), {}
+
+
+@party_op("public")
+def _public(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    """A public (already encoded) value as the trivial sharing (v, 0, 0)."""
+    value = tensors.get("value")
+    if value is None or value.dtype != tf.uint64:
+        raise ProtocolError("public needs a uint64 'value'")
+    return ctx.put(args.get("out"), Share(*public_term(ctx.i, value, value))), {}
+
+
+@party_op("reveal")
+def _reveal(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    """To the driver: every party returns its first term.  To party j: party j+2 sends x_{j+2} to party j,
+    which stores the plaintext under `out`; nobody else learns anything."""
+    share = ctx.get(args.get("x"), args.get("kind", "arith"))
+    to = args.get("to")
+    if to is None:
+        return {"shape": share.shape}, {"term": share.a.numpy()}
+    to = _int_arg(args, "to", 0, NUM_PARTIES - 1)
+    if ctx.i == (to + 2) % NUM_PARTIES:
+        ctx.send(to, "term", share.a)
+    if ctx.i == to:
+        missing = ctx.recv(to + 2, "term")
+        value = ops.ring_add(ops.ring_add(share.a, share.b), missing)
+        ctx.put(args.get("out"), Share(value, tf.zeros_like(value), kind="plain"))
+    return {"shape": share.shape}, {}
+
+
+@party_op("stats")
+def _stats(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    """Communication counters of this party since the last reset (for benchmarks)."""
+    party = ctx.party
+    with party._stats_lock:
+        stats = dict(party.stats)
+        if args.get("reset"):
+            party.stats = {key: 0 for key in party.stats}
+    return {"stats": stats}, {}
+
+
+@party_op("free")
+def _free(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    ids = args.get("ids", [])
+    if not isinstance(ids, list):
+        raise ProtocolError("free needs a list of ids")
+    for share_id in ids:
+        share = ctx.party.store.get(share_id) if isinstance(share_id, str) else None
+        if share is not None and share.owner == ctx.caller:
+            del ctx.party.store[share_id]
+    return {}, {}
+
+
+# --- local (communication-free) operations ---------------------------------------------------------------
+def _local_binary(fn):
+    def run(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+        x, y = ctx.get(args.get("x")), ctx.get(args.get("y"))
+        return ctx.put(args.get("out"), Share(fn(x.a, y.a), fn(x.b, y.b))), {}
+
+    return run
+
+
+party_op("add")(_local_binary(ops.ring_add))
+party_op("sub")(_local_binary(ops.ring_sub))
+
+
+@party_op("neg")
+def _neg(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    x = ctx.get(args.get("x"))
+    return ctx.put(args.get("out"), Share(ops.ring_neg(x.a), ops.ring_neg(x.b))), {}
+
+
+@party_op("scale_up")
+def _scale_up(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    """Multiplies by 2**bits locally (raises the fixed-point scale of a share exactly)."""
+    x = ctx.get(args.get("x"))
+    bits = _int_arg(args, "bits", 0, 62)
+    return ctx.put(args.get("out"), Share(shift_left(x.a, bits), shift_left(x.b, bits))), {}
+
+
+@party_op("reshape")
+def _reshape(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    x = ctx.get(args.get("x"))
+    shape = _shape_arg(args, "shape")
+    try:
+        return ctx.put(args.get("out"), Share(tf.reshape(x.a, shape), tf.reshape(x.b, shape))), {}
+    except (tf.errors.InvalidArgumentError, ValueError) as err:
+        raise ProtocolError(f"reshape of {x.shape} to {shape} failed: {err}") from err
+
+
+@party_op("transpose")
+def _transpose(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    x = ctx.get(args.get("x"))
+    perm = args.get("perm")
+    if perm is not None and sorted(perm) != list(range(len(x.shape))):
+        raise ProtocolError(f"perm {perm!r} is not a permutation of the {len(x.shape)} axes")
+    return ctx.put(args.get("out"), Share(tf.transpose(x.a, perm), tf.transpose(x.b, perm))), {}
+
+
+def decode_index(items: list) -> tuple:
+    out = []
+    for item in items:
+        kind = item.get("t") if isinstance(item, dict) else None
+        if kind == "s":
+            out.append(slice(item.get("start"), item.get("stop"), item.get("step")))
+        elif kind == "i" and isinstance(item.get("v"), int):
+            out.append(item["v"])
+        elif kind == "e":
+            out.append(Ellipsis)
+        elif kind == "n":
+            out.append(tf.newaxis)
+        else:
+            raise ProtocolError(f"bad index item {item!r}")
+    return tuple(out)
+
+
+@party_op("getitem")
+def _getitem(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    x = ctx.get(args.get("x"))
+    index = decode_index(args.get("index", []))
+    return ctx.put(args.get("out"), Share(x.a[index], x.b[index])), {}
+
+
+@party_op("concat")
+def _concat(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    parts = [ctx.get(i) for i in args.get("xs", [])]
+    axis = args.get("axis", 0)
+    return ctx.put(
+        args.get("out"), Share(tf.concat([p.a for p in parts], axis), tf.concat([p.b for p in parts], axis))
+    ), {}
+
+
+@party_op("sum")
+def _sum(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    x = ctx.get(args.get("x"))
+    axis, keepdims = args.get("axis"), bool(args.get("keepdims", False))
+    return ctx.put(
+        args.get("out"),
+        Share(ops.ring_reduce_sum(x.a, axis, keepdims), ops.ring_reduce_sum(x.b, axis, keepdims)),
+    ), {}
+
+
+# --- interactive operations ----------------------------------------------------------------------------------
+def _product_op(make_product):
+    def run(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+        x, y = ctx.get(args.get("x")), ctx.get(args.get("y"))
+        trunc = _int_arg(args, "trunc", 0, 62)
+        z = ctx.multiply(_pair(x), _pair(y), "mul", trunc, make_product(args))
+        return ctx.put(args.get("out"), Share(*z)), {}
+
+    return run
+
+
+party_op("mul")(_product_op(lambda args: ops.ring_mul))
+party_op("matmul")(_product_op(lambda args: lambda u, v: ops.ring_matmul(u, v)))
+party_op("conv2d")(
+    _product_op(lambda args: lambda u, v: ops.ring_conv2d(u, v, strides=args["strides"], padding=args["padding"]))
+)
+
+
+@party_op("truncate")
+def _truncate(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    """Divides by 2**bits (probabilistic truncation), e.g. after a product with a public constant."""
+    x = ctx.get(args.get("x"))
+    bits = _int_arg(args, "bits", 1, 62)
+    z = ops.ring_add(x.a, ctx.zero_share("alpha", x.shape))
+    return ctx.put(args.get("out"), Share(*ctx.reshare(z, "trunc", bits))), {}
+
+
+@party_op("nonnegative")
+def _nonnegative(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    x = ctx.get(args.get("x"))
+    return ctx.put(args.get("out"), Share(*ctx.nonnegative(_pair(x), "ge"))), {}
+
+
+@party_op("relu")
+def _relu(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    x = _pair(ctx.get(args.get("x")))
+    bit = ctx.nonnegative(x, "ge")
+    return ctx.put(args.get("out"), Share(*ctx.multiply(bit, x, "sel", 0))), {}
+
+
+def _windows(x: tf.Tensor, pool: list[int], strides: list[int]) -> tf.Tensor:
+    """[N, H, W, C] -> [N, OH, OW, ph*pw, C] (VALID padding) by gathering window elements."""
+    n, h, w, c = x.shape.as_list()
+    ph, pw = pool
+    sh, sw = strides
+    oh, ow = (h - ph) // sh + 1, (w - pw) // sw + 1
+    rows = (np.arange(oh) * sh)[:, None, None, None] + np.arange(ph)[None, None, :, None]
+    cols = (np.arange(ow) * sw)[None, :, None, None] + np.arange(pw)[None, None, None, :]
+    flat = (rows * w + cols).reshape(oh, ow, ph * pw)
+    gathered = tf.gather(tf.reshape(x, [n, h * w, c]), flat.reshape(-1), axis=1)
+    return tf.reshape(gathered, [n, oh, ow, ph * pw, c])
+
+
+@party_op("window_sum")
+def _window_sum(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    x = ctx.get(args.get("x"))
+    pool, strides = args["pool"], args["strides"]
+    a = ops.ring_reduce_sum(_windows(x.a, pool, strides), axis=3)
+    b = ops.ring_reduce_sum(_windows(x.b, pool, strides), axis=3)
+    return ctx.put(args.get("out"), Share(a, b)), {}
+
+
+def _tree_max(ctx: OpContext, x: Pair, axis: int, label: str, index: Pair | None = None) -> tuple[Pair, Pair | None]:
+    """Max (and optionally the matching index values) along `axis` by a tournament of pairwise comparisons."""
+    level = 0
+    while x[0].shape[axis] > 1:
+        k = x[0].shape[axis]
+        half = k // 2
+
+        def split(p: Pair) -> tuple[Pair, Pair, Pair | None]:
+            parts = [tf.split(t, [half, half, k - 2 * half], axis=axis) for t in p]
+            rest = (parts[0][2], parts[1][2]) if k % 2 else None
+            return (parts[0][0], parts[1][0]), (parts[0][1], parts[1][1]), rest
+
+        left, right, rest = split(x)
+        d = sub(left, right)
+        bit = ctx.nonnegative(d, f"{label}/l{level}/ge")
+        if index is None:
+            x = add(right, ctx.multiply(bit, d, f"{label}/l{level}/sel", 0))
+        else:
+            ileft, iright, irest = split(index)
+            di = sub(ileft, iright)
+            stacked_bit = (tf.stack([bit[0], bit[0]]), tf.stack([bit[1], bit[1]]))
+            stacked = (tf.stack([d[0], di[0]]), tf.stack([d[1], di[1]]))
+            sel = ctx.multiply(stacked_bit, stacked, f"{label}/l{level}/sel", 0)
+            x = add(right, (sel[0][0], sel[1][0]))
+            index = add(iright, (sel[0][1], sel[1][1]))
+            if irest is not None:
+                index = tuple(tf.concat([index[j], irest[j]], axis) for j in range(2))
+        if rest is not None:
+            x = tuple(tf.concat([x[j], rest[j]], axis) for j in range(2))
+        level += 1
+    return x, index
+
+
+@party_op("max_pool2d")
+def _max_pool2d(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    x = ctx.get(args.get("x"))
+    pool, strides = args["pool"], args["strides"]
+    w = (_windows(x.a, pool, strides), _windows(x.b, pool, strides))
+    m, _ = _tree_max(ctx, w, 3, "max")
+    return ctx.put(args.get("out"), Share(tf.squeeze(m[0], 3), tf.squeeze(m[1], 3))), {}
+
+
+@party_op("argmax")
+def _argmax(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    """Index of the maximum along the last axis, as a shared integer (among ties, any one of them)."""
+    x = _pair(ctx.get(args.get("x")))
+    k = x[0].shape[-1]
+    positions = tf.broadcast_to(tf.range(k, dtype=tf.int64), tf.shape(x[0]))
+    index = public_term(ctx.i, tf.cast(positions, tf.uint64), x[0])
+    _, idx = _tree_max(ctx, x, len(x[0].shape) - 1, "argmax", index)
+    return ctx.put(args.get("out"), Share(tf.squeeze(idx[0], -1), tf.squeeze(idx[1], -1))), {}
+
+
+class Program:
+    """A registered computation (a model's forward pass) that clients may run on their own inputs.
+
+    Steps reference the program's input as "$input", earlier steps' outputs as "$0", "$1", ..., and shared
+    tensors of the owner (weights) by id.  Only the owner can register, serve and stop it; a client that queries
+    it gets its own output terms and nothing else.
+    """
+
+    def __init__(self, owner: str, steps: list[dict], output_frac_bits: int) -> None:
+        self.owner = owner
+        self.steps = steps
+        self.output_frac_bits = output_frac_bits
+        self.quota = 0  # queries allowed in the current serving period
+        self.started = 0  # queries admitted in it
+        self.served = 0  # queries answered in it
+
+
+def _step_refs(args: dict) -> list[str]:
+    refs = [args[k] for k in ("x", "y") if isinstance(args.get(k), str)]
+    refs += [v for v in args.get("xs", []) if isinstance(v, str)]
+    return refs
+
+
+@party_op("register_program")
+def _register_program(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    name, steps = args.get("name"), args.get("steps")
+    if not isinstance(name, str) or not _ID.match(name):
+        raise ProtocolError(f"program name must be a short identifier string, got {name!r}")
+    if not isinstance(steps, list) or not steps:
+        raise ProtocolError("a program needs a non-empty list of steps")
+    for k, step in enumerate(steps):
+        if not isinstance(step, dict) or step.get("op") not in PROGRAM_STEP_OPS or not isinstance(step.get("args"), dict):
+            raise ProtocolError(f"program step {k} is not an allowed operation: {step!r:.200}")
+        if step["args"].get("out") != f"${k}":
+            raise ProtocolError(f"program step {k} must write ${k}")
+        for ref in _step_refs(step["args"]):
+            if ref == "$input" or (ref.startswith("$") and ref[1:].isdigit() and int(ref[1:]) < k):
+                continue
+            ctx.get(ref)  # the owner's own shared tensor (raises PolicyDenied otherwise)
+    frac = _int_arg(args, "output_frac_bits", 0, 62)
+    with ctx.party._programs_lock:
+        existing = ctx.party.programs.get(name)
+        if existing is not None and existing.owner != ctx.caller:
+            raise PolicyDenied(f"program {name!r} belongs to another identity")
+        ctx.party.programs[name] = Program(ctx.caller, steps, frac)
+    return {}, {}
+
+
+def _owned_program(ctx: OpContext, args: dict) -> Program:
+    program = ctx.party.programs.get(args.get("name"))
+    if program is None:
+        raise ProtocolError(f"no program named {args.get('name')!r} is registered")
+    if program.owner != ctx.caller:
+        raise PolicyDenied(f"only the owner of program {args.get('name')!r} may control it")
+    return program
+
+
+@party_op("serve")
+def _serve(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    program = _owned_program(ctx, args)
+    quota = _int_arg(args, "num_requests", 0, 2**31)
+    with ctx.party._programs_lock:
+        program.quota, program.started, program.served = quota, 0, 0
+    return {}, {}
+
+
+@party_op("stop_serving")
+def _stop_serving(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    program = _owned_program(ctx, args)
+    with ctx.party._programs_lock:
+        program.quota = program.started
+    return {"served": program.served}, {}
+
+
+@party_op("program_status")
+def _program_status(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    program = _owned_program(ctx, args)
+    with ctx.party._programs_lock:
+        return {"quota": program.quota, "started": program.started, "served": program.served}, {}
+
+
+@party_op("query")
+def _query(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
+    """Runs a served program on the caller's own shared input and returns this party's term of the output
+    to the caller only.  Intermediate values are deleted afterwards."""
+    name = args.get("name")
+    program = ctx.party.programs.get(name)
+    if program is None:
+        raise ProtocolError(f"no program named {name!r} is registered")
+    input_id = args.get("input")
+    ctx.get(input_id)  # must be the caller's own input
+    with ctx.party._programs_lock:
+        if program.started >= program.quota:
+            raise PolicyDenied(f"program {name!r} is not serving (it answered {program.served} of {program.quota} requests)")
+        program.started += 1
+    inner = OpContext(ctx.party, ctx.op_id, ctx.caller, privileged=True)
+    produced: list[str] = []
+    try:
+        for k, step in enumerate(program.steps):
+            resolved = {key: _resolve(value, input_id, ctx.op_id) for key, value in step["args"].items()}
+            produced.append(resolved["out"])
+            PARTY_OPS[step["op"]](OpContext(ctx.party, f"{ctx.op_id}.{k}", ctx.caller, privileged=True), resolved, {})
+        result = inner.get(produced[-1])
+        meta = {"shape": result.shape, "frac_bits": program.output_frac_bits}
+        answer = {"term": result.a.numpy()}
+    finally:
+        for share_id in produced:
+            ctx.party.store.pop(share_id, None)
+    with ctx.party._programs_lock:
+        program.served += 1
+    return meta, answer
+
+
+def _resolve(value: Any, input_id: str, op_id: str) -> Any:
+    if isinstance(value, list):
+        return [_resolve(v, input_id, op_id) for v in value]
+    if isinstance(value, str) and value.startswith("$"):
+        return input_id if value == "$input" else f"{op_id}.s{value[1:]}"
+    return value
+
+
+def make_service(name: str, config: Any, channel: Any) -> PartyRuntime:
+    """Factory of the "mpc" worker service (`tfppml worker --service mpc`): this worker's party runtime.
+
+    The cluster's first three parties, in the order of its configuration, are servers 0, 1 and 2.
+    """
+    names = list(config.party_names)[:NUM_PARTIES]
+    if len(names) != NUM_PARTIES or name not in names:
+        raise ValueError(
+            f"the mpc service needs a cluster of three parties including {name!r}, got {list(config.party_names)}"
+        )
+    return PartyRuntime(names.index(name), names, channel)

@@ -1,0 +1,208 @@
+"""Party-to-party channels: the `Channel` interface and its network implementation, `PeerChannel`.
+
+A protocol step sends an array to a named peer under a tag and receives the peer's array under the same tag:
+
+    channel.send("server1", "mul/7", my_share)
+    theirs = channel.recv("server2", "mul/7")
+
+Tags are exact: a message is only ever returned by the `recv` for the same (sender, tag); sending the same tag
+twice to the same peer is a `ProtocolError`. A `recv` whose message does not arrive within the timeout (the
+cluster's, 30 s by default) raises `PartyUnavailableError` naming the peer and the tag, and a `send` to a peer that
+is down fails at once with `PartyUnavailableError`. `tfppml.net.local.LocalChannel` has the same interface and
+semantics over in-process queues.
+
+Give every protocol run its own tag namespace (e.g. prefix tags with a request id): a message that arrives after
+its receiver gave up stays in the mailbox (until `discard_pending`), and must never be taken by a later run.
+
+`send` returns when the peer's worker has stored the message (one round trip), so "everyone sends, then everyone
+receives" never deadlocks.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol, runtime_checkable
+
+import grpc
+import numpy as np
+
+from tfppml.errors import ProtocolError
+from tfppml.net import codec
+from tfppml.net.certs import Identity
+from tfppml.net.config import ClusterConfig
+from tfppml.net.mailbox import Mailbox, check_tag
+from tfppml.net.transport import DELIVER, raise_for_rpc_error, secure_channel
+
+__all__ = ["Channel", "PeerChannel", "check_array", "check_timeout"]
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """What a protocol needs from the network: named parties exchanging tagged arrays.
+
+    Implemented by `PeerChannel` (gRPC with mutual TLS between processes) and
+    `tfppml.net.local.LocalChannel` (in-process queues).
+    """
+
+    @property
+    def name(self) -> str:
+        """This party's name."""
+        ...
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        """All parties of the cluster (this one included), in configuration order."""
+        ...
+
+    def send(self, to: str, tag: str, array: np.ndarray) -> None:
+        """Delivers `array` to party `to` under `tag`.
+
+        Raises:
+          ValueError: `to` is not another party of the cluster, or `tag` is empty or too long.
+          TypeError: `array` is not a NumPy array of an allowed dtype (see `tfppml.net.codec.ALLOWED_DTYPES`).
+          ProtocolError: The peer already holds a message with this tag from us, or refused the message.
+          PartyUnavailableError: The peer is down or did not acknowledge in time.
+        """
+        ...
+
+    def recv(self, frm: str, tag: str, timeout: float | None = None) -> np.ndarray:
+        """Waits for the message `tag` from party `frm` and returns it (a fresh, writable array).
+
+        Raises:
+          ValueError: `frm` is not another party, `tag` is invalid, or `timeout` is not positive.
+          ProtocolError: The same (frm, tag) was already received, or another receiver waits for it.
+          PartyUnavailableError: It did not arrive within `timeout` seconds (default: the cluster's timeout).
+        """
+        ...
+
+    def discard_pending(self, prefix: str = "") -> int:
+        """Drops received-but-unclaimed messages whose tag starts with `prefix`; returns how many.
+
+        Call it after a failed protocol run (with the run's tag prefix) so that its leftovers free their memory.
+        """
+        ...
+
+
+def check_array(array: object) -> np.ndarray:
+    """Returns `array` if a channel can carry it, else raises TypeError naming the problem."""
+    if isinstance(array, np.generic):
+        array = np.asarray(array)
+    if not isinstance(array, np.ndarray):
+        raise TypeError(
+            f"`array` must be a numpy.ndarray, got {type(array).__name__} (convert tf.Tensors with .numpy())"
+        )
+    if array.dtype.name not in codec.ALLOWED_DTYPES:
+        raise TypeError(
+            f"`array` has dtype {array.dtype.name}; channels carry {', '.join(codec.ALLOWED_DTYPES)}"
+        )
+    return array
+
+
+def check_timeout(timeout: float | None, default: float) -> float:
+    """`timeout` if given (a positive finite number), else `default`."""
+    if timeout is None:
+        return default
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise ValueError(f"`timeout` must be a positive number of seconds or None, got {timeout!r}")
+    return float(timeout)
+
+
+def check_peer(parties: tuple[str, ...], me: str, peer: object, arg: str) -> str:
+    """`peer` if it names another party, else ValueError naming `arg`."""
+    if peer == me:
+        raise ValueError(f"`{arg}` is this party itself ({me!r}); channels connect distinct parties")
+    if not isinstance(peer, str) or peer not in parties:
+        raise ValueError(f"`{arg}` must be one of the peers {[p for p in parties if p != me]}, got {peer!r}")
+    return peer
+
+
+class PeerChannel:
+    """`Channel` between worker processes, over gRPC with mutual TLS.
+
+    A `WorkerServer` makes one and hands it to its service; messages from peers arrive through the server into
+    `mailbox`. Outgoing connections are opened on first use and verify that the peer's certificate carries the
+    peer's name.
+
+    Args:
+      name: This party (must be in `config.parties`).
+      config: The cluster configuration (addresses, timeout, message limit).
+      identity: This party's TLS material.
+      mailbox: Where the local server stores incoming messages.
+
+    Example (inside a service, which gets the worker's channel from its factory):
+      >>> channel = server.channel          # doctest: +SKIP
+      >>> channel.send("server1", "step/1", np.arange(4, dtype=np.uint64))  # doctest: +SKIP
+      >>> channel.recv("server2", "step/1")  # doctest: +SKIP
+    """
+
+    def __init__(self, name: str, config: ClusterConfig, identity: Identity, mailbox: Mailbox) -> None:
+        self._name = config.check_party(name)
+        self._config = config
+        self._identity = identity
+        self._mailbox = mailbox
+        self._lock = threading.Lock()
+        self._stubs: dict[str, grpc.UnaryUnaryMultiCallable] = {}
+        self._channels: dict[str, grpc.Channel] = {}
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        return self._config.party_names
+
+    @property
+    def config(self) -> ClusterConfig:
+        """The cluster configuration."""
+        return self._config
+
+    def send(self, to: str, tag: str, array: np.ndarray) -> None:
+        check_peer(self.parties, self._name, to, "to")
+        check_tag(tag)
+        array = check_array(array)
+        data = codec.encode_message({"tag": tag}, {"value": array}, max_bytes=self._config.max_message_bytes)
+        stub = self._stub(to)
+        timeout = self._config.timeout
+        try:
+            # wait_for_ready=False: a peer that is down fails the call at once instead of after the timeout.
+            stub(data, timeout=timeout, wait_for_ready=False)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(
+                err, party=to, address=self._config.address(to), action=f"message {tag!r}", timeout=timeout
+            )
+
+    def recv(self, frm: str, tag: str, timeout: float | None = None) -> np.ndarray:
+        check_peer(self.parties, self._name, frm, "frm")
+        check_tag(tag)
+        return self._mailbox.get(frm, tag, check_timeout(timeout, self._config.timeout))
+
+    def discard_pending(self, prefix: str = "") -> int:
+        if not isinstance(prefix, str):
+            raise TypeError(f"`prefix` must be a str, got {type(prefix).__name__}")
+        return self._mailbox.discard(prefix)
+
+    def close(self) -> None:
+        """Closes outgoing connections; later sends raise ProtocolError."""
+        with self._lock:
+            self._closed = True
+            channels, self._channels, self._stubs = self._channels, {}, {}
+        for channel in channels.values():
+            channel.close()
+
+    def _stub(self, peer: str) -> grpc.UnaryUnaryMultiCallable:
+        with self._lock:
+            if self._closed:
+                raise ProtocolError(f"channel of {self._name!r} is closed")
+            stub = self._stubs.get(peer)
+            if stub is None:
+                channel = secure_channel(
+                    self._config.address(peer),
+                    self._identity,
+                    target_name=peer,
+                    max_message_bytes=self._config.max_message_bytes,
+                )
+                self._channels[peer] = channel
+                stub = self._stubs[peer] = channel.unary_unary(DELIVER)
+            return stub
