@@ -58,10 +58,7 @@ test-all: install
 bench: install
 	$(VPY) benchmarks/ring_ops.py
 
-bazel-demo: install
-	$(VPY) scripts/demo.py
-
-test: install
+bazel-test: install
 	bash scripts/bazel_test.sh
 
 clean:
