@@ -9,6 +9,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
@@ -20,7 +21,8 @@ namespace {
 // micro-panel of B (12 KiB at kc = 384) stays in L1 while the kMr-row panels of an mc x kc block of A (about
 // 300 KiB) stream from L2.  Each C tile is loaded and stored once per kc block.
 constexpr int64_t kKc = 384;
-constexpr int64_t kMc = 96;  // a multiple of kMr
+constexpr int64_t kMc = 96;     // a multiple of kMr
+constexpr int64_t kMinMc = 32;  // the smallest row block made just to have more units of work
 
 // A micro-kernel computes a kRows x kNr tile: c[r][j] (+)= sum_{p < kc} a[p*kMr + r] * b[p*kNr + j], where a
 // is a packed kMr-row panel of A and b a packed kNr-column strip of B.
@@ -118,6 +120,21 @@ class Scratch {
   uint64_t* data_;
 };
 
+// Runs `worker` on up to `threads` threads of the pool; each worker takes units of work one at a time from a
+// shared counter until none is left.  So a thread that other load on the machine delays does not hold the
+// rest up, and no more threads are busy than the pool has (the pool's own splitting may also run shards on
+// the calling thread).  worker(next) must loop: for (u = next++; u < units; u = next++).
+template <class Worker>
+void RunWorkers(const ParallelForFn& pf, int64_t threads, int64_t units, int64_t cost_per_unit,
+                const Worker& worker) {
+  if (units <= 0) return;
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::max<int64_t>(1, std::min(threads, units));
+  pf(workers, std::max<int64_t>(1, cost_per_unit * units / workers), [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) worker(next);
+  });
+}
+
 int64_t NumStrips(int64_t n) { return CeilDiv(n, kNr); }
 int64_t PackedBWords(int64_t k, int64_t n) { return NumStrips(n) * kNr * k; }
 
@@ -143,13 +160,13 @@ void PackBBlock(const uint64_t* b, int64_t n, int64_t p0, int64_t kc, int64_t st
 
 // Packs `count` row-major [k, n] matrices (one after the other) whole into `packed`, each as NumStrips(n)
 // strips of k x kNr (so any kc-block of a strip is contiguous), in parallel over blocks of strips.
-void PackB(const uint64_t* b, int64_t count, int64_t k, int64_t n, uint64_t* packed,
+void PackB(const uint64_t* b, int64_t count, int64_t k, int64_t n, uint64_t* packed, int64_t threads,
            const ParallelForFn& pf) {
   const int64_t strips = NumStrips(n);
   const int64_t blocks = CeilDiv(strips, kStripBlock);
   const int64_t words = PackedBWords(k, n);
-  pf(count * blocks, k * kNr * kStripBlock, [=](int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) {
+  RunWorkers(pf, threads, count * blocks, k * kNr * kStripBlock, [&](std::atomic<int64_t>& next) {
+    for (int64_t u = next++; u < count * blocks; u = next++) {
       const int64_t g = u / blocks;
       const int64_t strip0 = (u % blocks) * kStripBlock;
       PackBBlock(b + g * k * n, n, 0, k, strip0, std::min(strips, strip0 + kStripBlock), k * kNr,
@@ -286,10 +303,13 @@ void Drive(const APacker& a, const BOperand& b, int64_t batches, int64_t m, int6
   const int64_t threads = std::max(1, num_threads);
   const int64_t k_blocks = CeilDiv(k, kKc);
   const int64_t kc = CeilDiv(k, k_blocks);
-  // Row blocks: about kMc rows each, their number per batch rounded up to a multiple of the threads (when
-  // there are few batches) so that the last round of work is not left to one thread.
+  // Row blocks of at most kMc rows; smaller ones (down to kMinMc) when that is needed for about 8 units per
+  // thread, so that the workers' dynamic sharing of units evens out.
+  const int64_t wanted_units = 8 * threads;
   int64_t row_blocks = CeilDiv(m, kMc);
-  if (batches < 4 * threads) row_blocks = std::min(CeilDiv(m, kMr), RoundUp(row_blocks, threads));
+  if (batches * row_blocks < wanted_units) {
+    row_blocks = std::max(row_blocks, std::min(CeilDiv(wanted_units, batches), CeilDiv(m, kMinMc)));
+  }
   const int64_t mc = RoundUp(CeilDiv(m, row_blocks), kMr);
   row_blocks = CeilDiv(m, mc);
   // Column blocks only when rows and batches alone give too few units.
@@ -305,11 +325,11 @@ void Drive(const APacker& a, const BOperand& b, int64_t batches, int64_t m, int6
   const int64_t units = batches * row_blocks * col_blocks;
   const int64_t cost = std::max<int64_t>(1, mc * k * strips_per_block);
 
-  pf(units, cost, [&](int64_t begin, int64_t end) {
+  RunWorkers(pf, threads, units, cost, [&](std::atomic<int64_t>& next) {
     Scratch a_buffer(mc * kc);
     Scratch b_buffer(b.packed ? 0 : kStripBlock * kc * kNr);
     uint64_t c_edge[kMr * kNr];
-    for (int64_t u = begin; u < end; ++u) {
+    for (int64_t u = next++; u < units; u = next++) {
       const int64_t g = u / (row_blocks * col_blocks);
       const int64_t rb = (u / col_blocks) % row_blocks;
       const int64_t cb = u % col_blocks;
@@ -360,11 +380,11 @@ void Drive(const APacker& a, const BOperand& b, int64_t batches, int64_t m, int6
   });
 }
 
-// A shared packed copy of B (written once, read by every row block) pays when several row blocks or batches
-// use each B; with one or two row blocks, packing each block of B just before use reads B as often and skips
-// writing and re-reading the copy.
+// A shared packed copy of B (written once, then read by every row block) pays when more than one row block or
+// batch uses each B; when a single row block does, packing each block of B just before use reads B as often
+// and skips writing and re-reading the copy.
 bool PackRightHandSide(const BatchedMatMulArgs& args) {
-  return args.m > 2 * kMc || args.b_count < args.batches;
+  return args.m > kMinMc || args.b_count < args.batches;
 }
 
 }  // namespace
@@ -389,7 +409,7 @@ void BatchedMatMul(const BatchedMatMulArgs& args, uint64_t* workspace, Isa isa, 
   b.index = args.b_index;
   b.packed = PackRightHandSide(args);
   if (b.packed) {
-    PackB(args.b, args.b_count, args.k, args.n, workspace, parallel_for);
+    PackB(args.b, args.b_count, args.k, args.n, workspace, num_threads, parallel_for);
     b.data = workspace;
   } else {
     b.data = args.b;
@@ -407,7 +427,7 @@ void Conv2D(const Conv2DArgs& args, uint64_t* workspace, Isa isa, int num_thread
   const int64_t m = args.batch * args.out_h * args.out_w;
   const int64_t k = args.filter_h * args.filter_w * args.in_c;
   if (m == 0 || args.out_c == 0) return;
-  PackB(args.filters, 1, k, args.out_c, workspace, parallel_for);
+  PackB(args.filters, 1, k, args.out_c, workspace, num_threads, parallel_for);
   BOperand b;
   b.data = workspace;
   Im2ColAPacker packer(args);

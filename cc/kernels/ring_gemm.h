@@ -1,10 +1,12 @@
 // The GEMM core of the ring matmul and conv2d kernels: C = A x B over Z_2^64 (uint64_t, wrap-around).
 //
-// GotoBLAS-style: B is packed once into column strips of kNr, A is packed per thread into micro-panels of
-// kMr rows (for conv2d the A packer reads the image directly, so im2col is never materialised), and a
+// GotoBLAS-style: B is packed into column strips of kNr (once and shared by all threads, or, when a single
+// block of rows uses it, block by block just before use), A is packed per thread into micro-panels of kMr
+// rows (for conv2d the A packer reads the image directly, so im2col is never materialised), and a
 // register-blocked kMr x kNr micro-kernel does the arithmetic.  The micro-kernel is chosen at run time: an
 // AVX2 one (compiled with a function-level target attribute, so the library itself needs only baseline
-// x86-64) when the CPU has AVX2, a portable scalar one otherwise or on request.
+// x86-64) when the CPU has AVX2, a portable scalar one otherwise or on request.  Threads take units of work
+// (batch x row block x column block) from a shared counter.
 //
 // This file knows nothing of TensorFlow: the caller passes a parallel-for callback (TF's intra-op pool in
 // the kernels, std::thread in a standalone harness).
@@ -31,9 +33,9 @@ const char* IsaName(Isa isa);
 using ParallelForFn = std::function<void(int64_t total, int64_t cost_per_unit,
                                          const std::function<void(int64_t, int64_t)>& fn)>;
 
-// Batched matrix product C[g] = A[a_index[g]] x B[b_index[g]], g in [0, batches).  A holds a_count row-major
-// [m, k] matrices, B holds b_count row-major [k, n] matrices, C holds batches row-major [m, n] matrices,
-// all contiguous.  A null a_index / b_index means the identity (g itself).
+// Batched matrix product C[g] = A[a_index[g]] x B[b_index[g]], g in [0, batches).  A holds row-major [m, k]
+// matrices (as many as a_index refers to), B holds b_count row-major [k, n] matrices, C holds `batches`
+// row-major [m, n] matrices, all contiguous.  A null a_index / b_index means the identity (g itself).
 struct BatchedMatMulArgs {
   const uint64_t* a = nullptr;
   const uint64_t* b = nullptr;
@@ -47,7 +49,8 @@ struct BatchedMatMulArgs {
   const int64_t* b_index = nullptr;
 };
 
-// Words of scratch BatchedMatMul needs for the packed B matrices (the caller allocates them).
+// Words of scratch BatchedMatMul needs for the shared packed B matrices (0 when it packs B block by block;
+// the caller allocates them).
 int64_t BatchedMatMulWorkspaceWords(const BatchedMatMulArgs& args);
 void BatchedMatMul(const BatchedMatMulArgs& args, uint64_t* workspace, Isa isa, int num_threads,
                    const ParallelForFn& parallel_for);

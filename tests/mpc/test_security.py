@@ -57,7 +57,7 @@ def run_and_record(secret: float, owner=None):
             held = []
             for tensor in (x, t, u, m):
                 share = party.store[tensor.id]
-                held += [share.a.numpy().reshape(-1), share.b.numpy().reshape(-1)]
+                held += [np.asarray(share.a).reshape(-1), np.asarray(share.b).reshape(-1)]
             views.append(held + [r for r in recorders[index].received if r.size == N])
         return views
     finally:
@@ -142,16 +142,16 @@ def test_broken_variant_with_unmasked_truncation_is_detected(monkeypatch):
         if trunc_bits == 0 or self.i != 0:
             return original(self, z, label, trunc_bits)
         # P0 forgets to mask y0 with y1 (drawn from a key P2 does not hold) before sending it to P2.
-        high = runtime.shift_right_logical(ops.ring_add(z, self.recv(1, f"{label}/t1")), trunc_bits)
+        high = runtime.shift_right_logical(runtime.radd(z, self.recv(1, f"{label}/t1")), trunc_bits)
         self.send(2, f"{label}/t2", high)
-        return high, tf.zeros_like(high)
+        return high, np.zeros_like(high)
 
     def leaky_party_side(self, z, label, trunc_bits=0):
         if trunc_bits and self.i == 1:
             z2 = self.recv(2, f"{label}/t1")
-            y2 = ops.ring_neg(runtime.shift_right_logical(ops.ring_neg(z2), trunc_bits))
+            y2 = runtime.rneg(runtime.shift_right_logical(runtime.rneg(z2), trunc_bits))
             self.send(0, f"{label}/t1", z)
-            return tf.zeros_like(y2), y2
+            return np.zeros_like(y2), y2
         return leaky_reshare(self, z, label, trunc_bits)
 
     monkeypatch.setattr(runtime.OpContext, "reshare", leaky_party_side)

@@ -7,7 +7,7 @@ portable scalar one (forced through the op's `force_scalar` attribute), so both 
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tfppml import ops
@@ -144,7 +144,6 @@ def test_batched_matmul_broadcasts_like_tf(force_scalar, a_shape, b_shape):
     np.testing.assert_array_equal(result.numpy(), expected)
 
 
-@settings(max_examples=30)
 @given(
     batch=st.lists(st.integers(1, 3), max_size=2),
     m=st.integers(1, 23),
@@ -244,7 +243,6 @@ def test_conv2d_stride_forms_are_equivalent(strides):
     )
 
 
-@settings(max_examples=30)
 @given(
     batch=st.integers(1, 2),
     size=st.tuples(st.integers(1, 9), st.integers(1, 9)),

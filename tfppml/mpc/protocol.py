@@ -135,9 +135,9 @@ class ABY3:
     def _run(self, op: str, args: dict, tensors: Sequence[dict] | None = None) -> list[tuple[dict, dict]]:
         with self._release_lock:
             release, self._release = self._release, []
-        if release:
-            self.backend.run({"op": "free", "op_id": self._new_id("op"), "args": {"ids": release}}, None)
         meta = {"op": op, "op_id": self._new_id("op"), "args": args}
+        if release:
+            meta["release"] = release  # handles garbage-collected since the last command: freed on the way
         return self.backend.run(meta, tensors)
 
     def _release_later(self, share_id: str) -> None:

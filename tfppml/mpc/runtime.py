@@ -24,7 +24,6 @@ import threading
 from typing import Any, Callable
 
 import numpy as np
-import tensorflow as tf
 
 from tfppml import ops
 from tfppml.errors import PolicyDenied, ProtocolError
@@ -34,7 +33,7 @@ NUM_PARTIES = 3
 WORD_BITS = 64
 _ID = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
 
-Pair = tuple[tf.Tensor, tf.Tensor]
+Pair = tuple[np.ndarray, np.ndarray]
 OpFunction = Callable[["OpContext", dict, dict], tuple[dict, dict]]
 PARTY_OPS: dict[str, OpFunction] = {}
 # Operations a driver may not send directly (none yet: every step of a program is also a plain operation).
@@ -59,16 +58,29 @@ def party_op(name: str) -> Callable[[OpFunction], OpFunction]:
     return register
 
 
-def _u64(value: int) -> tf.Tensor:
-    return tf.constant(value, dtype=tf.uint64)
+# Shares are NumPy uint64 arrays: NumPy's integer ufuncs wrap modulo 2**64 (no overflow checks on arrays), and
+# for the many small elementwise steps of a protocol they cost microseconds where an eager TF op costs a
+# hundred.  The heavy kernels (matmul, conv2d, the ChaCha20 PRG) are tfppml's C++ TF ops.
+U64 = np.uint64
+radd, rsub, rmul, rneg = np.add, np.subtract, np.multiply, np.negative
+band, bxor = np.bitwise_and, np.bitwise_xor
 
 
-def shift_left(x: tf.Tensor, bits: int) -> tf.Tensor:
-    return tf.bitwise.left_shift(x, _u64(bits))
+def _u64(value: int) -> np.uint64:
+    return np.uint64(value)
 
 
-def shift_right_logical(x: tf.Tensor, bits: int) -> tf.Tensor:
-    return tf.bitwise.right_shift(x, _u64(bits))
+def shift_left(x: np.ndarray, bits: int) -> np.ndarray:
+    return np.left_shift(x, np.uint64(bits))
+
+
+def shift_right_logical(x: np.ndarray, bits: int) -> np.ndarray:
+    return np.right_shift(x, np.uint64(bits))
+
+
+def ring_sum(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
+    return np.asarray(np.sum(x, axis=None if axis is None else tuple(axis) if isinstance(axis, list) else axis,
+                             dtype=np.uint64, keepdims=keepdims))
 
 
 class Share:
@@ -77,13 +89,13 @@ class Share:
 
     __slots__ = ("a", "b", "kind", "owner")
 
-    def __init__(self, a: tf.Tensor, b: tf.Tensor, kind: str = "arith") -> None:
-        self.a, self.b, self.kind = a, b, kind
+    def __init__(self, a: np.ndarray, b: np.ndarray, kind: str = "arith") -> None:
+        self.a, self.b, self.kind = np.asarray(a), np.asarray(b), kind
         self.owner = ""
 
     @property
     def shape(self) -> list[int]:
-        return self.a.shape.as_list()
+        return list(self.a.shape)
 
 
 class PartyRuntime:
@@ -135,11 +147,18 @@ class PartyRuntime:
             if op_id in self._seen_ops:
                 raise ProtocolError(f"operation id {op_id!r} was used before")
             self._seen_ops.add(op_id)
+        release = meta.get("release", [])
+        if not isinstance(release, list):
+            raise ProtocolError(f"'release' must be a list of shared tensor ids, got {type(release).__name__}")
+        for share_id in release:
+            share = self.store.get(share_id) if isinstance(share_id, str) else None
+            if share is not None and share.owner == caller:
+                del self.store[share_id]
         if op != "setup" and self.keys is None:
             raise ProtocolError("the party has not been set up: run the 'setup' operation first")
         if op in PROGRAM_ONLY_OPS:
             raise PolicyDenied(f"operation {op!r} only runs inside a served program")
-        tensors = {k: tf.constant(v) for k, v in tensors.items()}
+        tensors = {k: np.asarray(v) for k, v in tensors.items()}
         return PARTY_OPS[op](OpContext(self, op_id, caller), args, tensors)
 
 
@@ -177,36 +196,38 @@ class OpContext:
         return {"shape": share.shape}
 
     # --- messages -------------------------------------------------------------------------------------------
-    def send(self, to: int, label: str, value: tf.Tensor) -> None:
+    def send(self, to: int, label: str, value: np.ndarray) -> None:
         array = np.asarray(value)
         self.party.channel.send(self.party.names[to % NUM_PARTIES], f"{self.op_id}/{label}", array)
         self.party.count("messages_sent")
         self.party.count("bytes_sent", array.nbytes)
 
-    def recv(self, frm: int, label: str) -> tf.Tensor:
+    def recv(self, frm: int, label: str) -> np.ndarray:
         array = self.party.channel.recv(self.party.names[frm % NUM_PARTIES], f"{self.op_id}/{label}")
         self.party.count("messages_received")
-        return tf.constant(array)
+        if array.dtype != np.uint64:
+            raise ProtocolError(f"message {label!r} from party {frm % NUM_PARTIES} is {array.dtype}, expected uint64")
+        return array
 
     # --- randomness -----------------------------------------------------------------------------------------
-    def prg(self, key: int, label: str, shape: list[int]) -> tf.Tensor:
+    def prg(self, key: int, label: str, shape: list[int]) -> np.ndarray:
         """ChaCha20 output under key k_key, held by parties key-1 and key; only they can call this."""
         key %= NUM_PARTIES
         keys = self.party.keys
         if keys is None or key not in keys:
             raise ProtocolError(f"party {self.i} does not hold key {key}")
         digest = hashlib.sha256(keys[key] + f"|{self.op_id}|{label}".encode()).digest()
-        return ops.prg_uniform(np.frombuffer(digest, dtype="<u8").astype(np.uint64), shape)
+        return ops.prg_uniform(np.frombuffer(digest, dtype="<u8").astype(np.uint64), list(shape)).numpy()
 
-    def zero_share(self, label: str, shape: list[int]) -> tf.Tensor:
+    def zero_share(self, label: str, shape: list[int]) -> np.ndarray:
         """This party's term of a three-way additive sharing of zero."""
-        return ops.ring_sub(self.prg(self.i, label, shape), self.prg(self.i + 1, label, shape))
+        return rsub(self.prg(self.i, label, shape), self.prg(self.i + 1, label, shape))
 
-    def zero_share_xor(self, label: str, shape: list[int]) -> tf.Tensor:
-        return tf.bitwise.bitwise_xor(self.prg(self.i, label, shape), self.prg(self.i + 1, label, shape))
+    def zero_share_xor(self, label: str, shape: list[int]) -> np.ndarray:
+        return bxor(self.prg(self.i, label, shape), self.prg(self.i + 1, label, shape))
 
     # --- sub-protocols --------------------------------------------------------------------------------------
-    def reshare(self, z: tf.Tensor, label: str, trunc_bits: int = 0) -> Pair:
+    def reshare(self, z: np.ndarray, label: str, trunc_bits: int = 0) -> Pair:
         """Turns this party's term z_i of a 3-out-of-3 sharing (already re-randomized) into a pair.
 
         Without truncation each party sends z_i to party i-1 (one message each).  With truncation by d bits,
@@ -218,36 +239,35 @@ class OpContext:
         if trunc_bits == 0:
             self.send(i - 1, f"{label}/reshare", z)
             return z, self.recv(i + 1, f"{label}/reshare")
-        shape = z.shape.as_list()
+        shape = list(np.shape(z))
         if i == 1:
             self.send(0, f"{label}/t1", z)
         elif i == 2:
             self.send(1, f"{label}/t1", z)
         if i == 0:
-            high = shift_right_logical(ops.ring_add(z, self.recv(1, f"{label}/t1")), trunc_bits)
+            high = shift_right_logical(radd(z, self.recv(1, f"{label}/t1")), trunc_bits)
             y1 = self.prg(1, f"{label}/y1", shape)
-            y0 = ops.ring_sub(high, y1)
+            y0 = rsub(high, y1)
             self.send(2, f"{label}/t2", y0)
             return y0, y1
         z2 = z if i == 2 else self.recv(2, f"{label}/t1")
-        y2 = ops.ring_neg(shift_right_logical(ops.ring_neg(z2), trunc_bits))
+        y2 = rneg(shift_right_logical(rneg(z2), trunc_bits))
         if i == 1:
             return self.prg(1, f"{label}/y1", shape), y2
         return y2, self.recv(0, f"{label}/t2")
 
     def multiply(self, x: Pair, y: Pair, label: str, trunc_bits: int, product=None) -> Pair:
         """Shares of product(x, y) for any bilinear `product` (elementwise by default, matmul, conv2d)."""
-        product = product or ops.ring_mul
+        product = product or rmul
         # x_i*y_i + x_i*y_{i+1} + x_{i+1}*y_i = x_i*(y_i + y_{i+1}) + x_{i+1}*y_i: two products, not three.
-        z = ops.ring_add(product(x[0], ops.ring_add(y[0], y[1])), product(x[1], y[0]))
-        z = ops.ring_add(z, self.zero_share(f"{label}/alpha", z.shape.as_list()))
+        z = radd(product(x[0], radd(y[0], y[1])), product(x[1], y[0]))
+        z = radd(z, self.zero_share(f"{label}/alpha", list(np.shape(z))))
         return self.reshare(z, label, trunc_bits)
 
     def and_(self, x: Pair, y: Pair, label: str) -> Pair:
         """Bitwise AND of XOR-shared words (64 AND gates per element, one message per party)."""
-        band, bxor = tf.bitwise.bitwise_and, tf.bitwise.bitwise_xor
         z = bxor(bxor(band(x[0], y[0]), band(x[0], y[1])), band(x[1], y[0]))
-        z = bxor(z, self.zero_share_xor(f"{label}/beta", z.shape.as_list()))
+        z = bxor(z, self.zero_share_xor(f"{label}/beta", list(np.shape(z))))
         self.send(self.i - 1, f"{label}/and", z)
         return z, self.recv(self.i + 1, f"{label}/and")
 
@@ -257,8 +277,7 @@ class OpContext:
         The three additive terms are XOR-shared as they stand (x_j known to the two parties holding it), added
         with a carry-save step and a Kogge-Stone parallel-prefix adder on 64-bit words: 8 rounds of ANDs.
         """
-        band, bxor = tf.bitwise.bitwise_and, tf.bitwise.bitwise_xor
-        zero = tf.zeros_like(x[0])
+        zero = np.zeros_like(x[0])
         # Party i's pairs of the XOR sharings of x_i, x_{i+1}, x_{i+2}.
         terms = [(x[0], zero), (zero, x[1]), (zero, zero)]
         by_index = {(self.i + k) % NUM_PARTIES: terms[k] for k in range(NUM_PARTIES)}
@@ -283,8 +302,8 @@ class OpContext:
             if shift * 2 < WORD_BITS:
                 # One message for both ANDs of the level.
                 both = self.and_(
-                    (tf.stack([p[0], p[0]]), tf.stack([p[1], p[1]])),
-                    (tf.stack([gs[0], shift_left(p[0], shift)]), tf.stack([gs[1], shift_left(p[1], shift)])),
+                    (np.stack([p[0], p[0]]), np.stack([p[1], p[1]])),
+                    (np.stack([gs[0], shift_left(p[0], shift)]), np.stack([gs[1], shift_left(p[1], shift)])),
                     f"{label}/ks{shift}",
                 )
                 g = xor(g, (both[0][0], both[1][0]))
@@ -299,7 +318,7 @@ class OpContext:
 
     def bit_to_arith(self, bit: Pair, label: str) -> Pair:
         """Additive shares of b = b0 ^ b1 ^ b2 from XOR shares of a single bit (2 rounds)."""
-        zero = tf.zeros_like(bit[0])
+        zero = np.zeros_like(bit[0])
         terms = [(bit[0], zero), (zero, bit[1]), (zero, zero)]
         by_index = {(self.i + k) % NUM_PARTIES: terms[k] for k in range(NUM_PARTIES)}
         b0, b1, b2 = by_index[0], by_index[1], by_index[2]
@@ -307,7 +326,7 @@ class OpContext:
 
         def xor_arith(p: Pair, q: Pair, step: str) -> Pair:
             pq = self.multiply(p, q, f"{label}/{step}", 0)
-            return tuple(ops.ring_sub(ops.ring_add(p[k], q[k]), ops.ring_mul(pq[k], two)) for k in range(2))
+            return tuple(rsub(radd(p[k], q[k]), rmul(pq[k], two)) for k in range(2))
 
         return xor_arith(xor_arith(b0, b1, "x01"), b2, "x012")
 
@@ -324,10 +343,10 @@ class OpContext:
         return add(y, self.multiply(bit, d, f"{label}/sel", 0))
 
 
-def public_term(i: int, value: tf.Tensor, like: tf.Tensor) -> Pair:
+def public_term(i: int, value: Any, like: np.ndarray) -> Pair:
     """Party i's pair of the trivial sharing (value, 0, 0) of a public value."""
-    full = tf.broadcast_to(value, tf.shape(like))
-    zero = tf.zeros_like(like)
+    full = np.array(np.broadcast_to(np.asarray(value, dtype=np.uint64), np.shape(like)))
+    zero = np.zeros(np.shape(like), dtype=np.uint64)
     if i == 0:
         return full, zero
     if i == 2:
@@ -337,15 +356,15 @@ def public_term(i: int, value: tf.Tensor, like: tf.Tensor) -> Pair:
 
 def _one_minus(i: int, b: Pair) -> Pair:
     one = public_term(i, _u64(1), b[0])
-    return ops.ring_sub(one[0], b[0]), ops.ring_sub(one[1], b[1])
+    return rsub(one[0], b[0]), rsub(one[1], b[1])
 
 
 def add(x: Pair, y: Pair) -> Pair:
-    return ops.ring_add(x[0], y[0]), ops.ring_add(x[1], y[1])
+    return radd(x[0], y[0]), radd(x[1], y[1])
 
 
 def sub(x: Pair, y: Pair) -> Pair:
-    return ops.ring_sub(x[0], y[0]), ops.ring_sub(x[1], y[1])
+    return rsub(x[0], y[0]), rsub(x[1], y[1])
 
 
 def _pair(share: Share) -> Pair:
@@ -386,7 +405,7 @@ def _setup(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
 def _input(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     """The driver shared a value itself and sends this party its pair."""
     a, b = tensors.get("a"), tensors.get("b")
-    if a is None or b is None or a.dtype != tf.uint64 or b.dtype != tf.uint64 or a.shape != b.shape:
+    if a is None or b is None or a.dtype != np.uint64 or b.dtype != np.uint64 or a.shape != b.shape:
         raise ProtocolError("input needs two uint64 tensors 'a' and 'b' of one shape")
     return ctx.put(args.get("out"), Share(a, b)), {}
 
@@ -397,16 +416,16 @@ def _input_from(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     (each known to the two parties that need that term), and the owner sends x_{o+2} to the other two."""
     owner = _int_arg(args, "owner", 0, NUM_PARTIES - 1)
     shape = _shape_arg(args, "shape")
-    terms: dict[int, tf.Tensor] = {}
+    terms: dict[int, np.ndarray] = {}
     for k in (owner, owner + 1):
         if ctx.i in ((k - 1) % NUM_PARTIES, k % NUM_PARTIES):
             terms[k % NUM_PARTIES] = ctx.prg(k, f"term{k % NUM_PARTIES}", shape)
     last = (owner + 2) % NUM_PARTIES
     if ctx.i == owner:
         value = tensors.get("value")
-        if value is None or value.dtype != tf.uint64 or value.shape.as_list() != shape:
+        if value is None or value.dtype != np.uint64 or list(value.shape) != shape:
             raise ProtocolError(f"the owner needs a uint64 'value' of shape {shape}")
-        terms[last] = ops.ring_sub(ops.ring_sub(value, terms[owner]), terms[(owner + 1) % NUM_PARTIES])
+        terms[last] = rsub(rsub(value, terms[owner]), terms[(owner + 1) % NUM_PARTIES])
         ctx.send(owner + 1, "last", terms[last])
         ctx.send(owner + 2, "last", terms[last])
     else:
@@ -419,7 +438,7 @@ def _input_from(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
 def _public(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     """A public (already encoded) value as the trivial sharing (v, 0, 0)."""
     value = tensors.get("value")
-    if value is None or value.dtype != tf.uint64:
+    if value is None or value.dtype != np.uint64:
         raise ProtocolError("public needs a uint64 'value'")
     return ctx.put(args.get("out"), Share(*public_term(ctx.i, value, value))), {}
 
@@ -431,14 +450,14 @@ def _reveal(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     share = ctx.get(args.get("x"), args.get("kind", "arith"))
     to = args.get("to")
     if to is None:
-        return {"shape": share.shape}, {"term": share.a.numpy()}
+        return {"shape": share.shape}, {"term": share.a}
     to = _int_arg(args, "to", 0, NUM_PARTIES - 1)
     if ctx.i == (to + 2) % NUM_PARTIES:
         ctx.send(to, "term", share.a)
     if ctx.i == to:
         missing = ctx.recv(to + 2, "term")
-        value = ops.ring_add(ops.ring_add(share.a, share.b), missing)
-        ctx.put(args.get("out"), Share(value, tf.zeros_like(value), kind="plain"))
+        value = radd(radd(share.a, share.b), missing)
+        ctx.put(args.get("out"), Share(value, np.zeros_like(value), kind="plain"))
     return {"shape": share.shape}, {}
 
 
@@ -474,14 +493,14 @@ def _local_binary(fn):
     return run
 
 
-party_op("add")(_local_binary(ops.ring_add))
-party_op("sub")(_local_binary(ops.ring_sub))
+party_op("add")(_local_binary(radd))
+party_op("sub")(_local_binary(rsub))
 
 
 @party_op("neg")
 def _neg(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     x = ctx.get(args.get("x"))
-    return ctx.put(args.get("out"), Share(ops.ring_neg(x.a), ops.ring_neg(x.b))), {}
+    return ctx.put(args.get("out"), Share(rneg(x.a), rneg(x.b))), {}
 
 
 @party_op("scale_up")
@@ -497,8 +516,8 @@ def _reshape(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     x = ctx.get(args.get("x"))
     shape = _shape_arg(args, "shape")
     try:
-        return ctx.put(args.get("out"), Share(tf.reshape(x.a, shape), tf.reshape(x.b, shape))), {}
-    except (tf.errors.InvalidArgumentError, ValueError) as err:
+        return ctx.put(args.get("out"), Share(np.reshape(x.a, shape), np.reshape(x.b, shape))), {}
+    except ValueError as err:
         raise ProtocolError(f"reshape of {x.shape} to {shape} failed: {err}") from err
 
 
@@ -508,7 +527,7 @@ def _transpose(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     perm = args.get("perm")
     if perm is not None and sorted(perm) != list(range(len(x.shape))):
         raise ProtocolError(f"perm {perm!r} is not a permutation of the {len(x.shape)} axes")
-    return ctx.put(args.get("out"), Share(tf.transpose(x.a, perm), tf.transpose(x.b, perm))), {}
+    return ctx.put(args.get("out"), Share(np.transpose(x.a, perm), np.transpose(x.b, perm))), {}
 
 
 def decode_index(items: list) -> tuple:
@@ -522,7 +541,7 @@ def decode_index(items: list) -> tuple:
         elif kind == "e":
             out.append(Ellipsis)
         elif kind == "n":
-            out.append(tf.newaxis)
+            out.append(None)
         else:
             raise ProtocolError(f"bad index item {item!r}")
     return tuple(out)
@@ -540,7 +559,7 @@ def _concat(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     parts = [ctx.get(i) for i in args.get("xs", [])]
     axis = args.get("axis", 0)
     return ctx.put(
-        args.get("out"), Share(tf.concat([p.a for p in parts], axis), tf.concat([p.b for p in parts], axis))
+        args.get("out"), Share(np.concatenate([p.a for p in parts], axis), np.concatenate([p.b for p in parts], axis))
     ), {}
 
 
@@ -550,7 +569,7 @@ def _sum(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     axis, keepdims = args.get("axis"), bool(args.get("keepdims", False))
     return ctx.put(
         args.get("out"),
-        Share(ops.ring_reduce_sum(x.a, axis, keepdims), ops.ring_reduce_sum(x.b, axis, keepdims)),
+        Share(ring_sum(x.a, axis, keepdims), ring_sum(x.b, axis, keepdims)),
     ), {}
 
 
@@ -565,10 +584,12 @@ def _product_op(make_product):
     return run
 
 
-party_op("mul")(_product_op(lambda args: ops.ring_mul))
-party_op("matmul")(_product_op(lambda args: lambda u, v: ops.ring_matmul(u, v)))
+party_op("mul")(_product_op(lambda args: rmul))
+party_op("matmul")(_product_op(lambda args: lambda u, v: ops.ring_matmul(u, v).numpy()))
 party_op("conv2d")(
-    _product_op(lambda args: lambda u, v: ops.ring_conv2d(u, v, strides=args["strides"], padding=args["padding"]))
+    _product_op(
+        lambda args: lambda u, v: ops.ring_conv2d(u, v, strides=args["strides"], padding=args["padding"]).numpy()
+    )
 )
 
 
@@ -577,7 +598,7 @@ def _truncate(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     """Divides by 2**bits (probabilistic truncation), e.g. after a product with a public constant."""
     x = ctx.get(args.get("x"))
     bits = _int_arg(args, "bits", 1, 62)
-    z = ops.ring_add(x.a, ctx.zero_share("alpha", x.shape))
+    z = radd(x.a, ctx.zero_share("alpha", x.shape))
     return ctx.put(args.get("out"), Share(*ctx.reshare(z, "trunc", bits))), {}
 
 
@@ -594,25 +615,25 @@ def _relu(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     return ctx.put(args.get("out"), Share(*ctx.multiply(bit, x, "sel", 0))), {}
 
 
-def _windows(x: tf.Tensor, pool: list[int], strides: list[int]) -> tf.Tensor:
+def _windows(x: np.ndarray, pool: list[int], strides: list[int]) -> np.ndarray:
     """[N, H, W, C] -> [N, OH, OW, ph*pw, C] (VALID padding) by gathering window elements."""
-    n, h, w, c = x.shape.as_list()
+    n, h, w, c = x.shape
     ph, pw = pool
     sh, sw = strides
     oh, ow = (h - ph) // sh + 1, (w - pw) // sw + 1
     rows = (np.arange(oh) * sh)[:, None, None, None] + np.arange(ph)[None, None, :, None]
     cols = (np.arange(ow) * sw)[None, :, None, None] + np.arange(pw)[None, None, None, :]
     flat = (rows * w + cols).reshape(oh, ow, ph * pw)
-    gathered = tf.gather(tf.reshape(x, [n, h * w, c]), flat.reshape(-1), axis=1)
-    return tf.reshape(gathered, [n, oh, ow, ph * pw, c])
+    gathered = np.take(np.reshape(x, [n, h * w, c]), flat.reshape(-1), axis=1)
+    return np.reshape(gathered, [n, oh, ow, ph * pw, c])
 
 
 @party_op("window_sum")
 def _window_sum(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     x = ctx.get(args.get("x"))
     pool, strides = args["pool"], args["strides"]
-    a = ops.ring_reduce_sum(_windows(x.a, pool, strides), axis=3)
-    b = ops.ring_reduce_sum(_windows(x.b, pool, strides), axis=3)
+    a = ring_sum(_windows(x.a, pool, strides), axis=3)
+    b = ring_sum(_windows(x.b, pool, strides), axis=3)
     return ctx.put(args.get("out"), Share(a, b)), {}
 
 
@@ -624,7 +645,7 @@ def _tree_max(ctx: OpContext, x: Pair, axis: int, label: str, index: Pair | None
         half = k // 2
 
         def split(p: Pair) -> tuple[Pair, Pair, Pair | None]:
-            parts = [tf.split(t, [half, half, k - 2 * half], axis=axis) for t in p]
+            parts = [np.split(t, [half, 2 * half], axis=axis) for t in p]
             rest = (parts[0][2], parts[1][2]) if k % 2 else None
             return (parts[0][0], parts[1][0]), (parts[0][1], parts[1][1]), rest
 
@@ -636,15 +657,15 @@ def _tree_max(ctx: OpContext, x: Pair, axis: int, label: str, index: Pair | None
         else:
             ileft, iright, irest = split(index)
             di = sub(ileft, iright)
-            stacked_bit = (tf.stack([bit[0], bit[0]]), tf.stack([bit[1], bit[1]]))
-            stacked = (tf.stack([d[0], di[0]]), tf.stack([d[1], di[1]]))
+            stacked_bit = (np.stack([bit[0], bit[0]]), np.stack([bit[1], bit[1]]))
+            stacked = (np.stack([d[0], di[0]]), np.stack([d[1], di[1]]))
             sel = ctx.multiply(stacked_bit, stacked, f"{label}/l{level}/sel", 0)
             x = add(right, (sel[0][0], sel[1][0]))
             index = add(iright, (sel[0][1], sel[1][1]))
             if irest is not None:
-                index = tuple(tf.concat([index[j], irest[j]], axis) for j in range(2))
+                index = tuple(np.concatenate([index[j], irest[j]], axis) for j in range(2))
         if rest is not None:
-            x = tuple(tf.concat([x[j], rest[j]], axis) for j in range(2))
+            x = tuple(np.concatenate([x[j], rest[j]], axis) for j in range(2))
         level += 1
     return x, index
 
@@ -655,7 +676,7 @@ def _max_pool2d(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     pool, strides = args["pool"], args["strides"]
     w = (_windows(x.a, pool, strides), _windows(x.b, pool, strides))
     m, _ = _tree_max(ctx, w, 3, "max")
-    return ctx.put(args.get("out"), Share(tf.squeeze(m[0], 3), tf.squeeze(m[1], 3))), {}
+    return ctx.put(args.get("out"), Share(np.squeeze(m[0], 3), np.squeeze(m[1], 3))), {}
 
 
 @party_op("argmax")
@@ -663,10 +684,10 @@ def _argmax(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     """Index of the maximum along the last axis, as a shared integer (among ties, any one of them)."""
     x = _pair(ctx.get(args.get("x")))
     k = x[0].shape[-1]
-    positions = tf.broadcast_to(tf.range(k, dtype=tf.int64), tf.shape(x[0]))
-    index = public_term(ctx.i, tf.cast(positions, tf.uint64), x[0])
+    positions = np.broadcast_to(np.arange(k, dtype=np.uint64), x[0].shape)
+    index = public_term(ctx.i, positions, x[0])
     _, idx = _tree_max(ctx, x, len(x[0].shape) - 1, "argmax", index)
-    return ctx.put(args.get("out"), Share(tf.squeeze(idx[0], -1), tf.squeeze(idx[1], -1))), {}
+    return ctx.put(args.get("out"), Share(np.squeeze(idx[0], -1), np.squeeze(idx[1], -1))), {}
 
 
 class Program:
@@ -773,7 +794,7 @@ def _query(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
             PARTY_OPS[step["op"]](OpContext(ctx.party, f"{ctx.op_id}.{k}", ctx.caller, privileged=True), resolved, {})
         result = inner.get(produced[-1])
         meta = {"shape": result.shape, "frac_bits": program.output_frac_bits}
-        answer = {"term": result.a.numpy()}
+        answer = {"term": result.a}
     finally:
         for share_id in produced:
             ctx.party.store.pop(share_id, None)
