@@ -15,11 +15,15 @@ TFPPML_OPS_SRCS = [
     "cc/ops/ring_matmul_ops.cc",
     "cc/kernels/ring_matmul_kernels.cc",
     "cc/kernels/ring_gemm.cc",
+    "cc/kernels/chacha20.cc",
+    "cc/ops/gaussian_noise_ops.cc",
+    "cc/kernels/gaussian_noise_kernels.cc",
 ]
 
 TFPPML_OPS_HDRS = [
     "cc/kernels/parallel.h",
     "cc/kernels/ring_gemm.h",
+    "cc/kernels/chacha20.h",
 ]
 
 # The CKKS kernels (tfppml.he._tfppml_he), linked against the static SEAL 4.1.2 that scripts/build_seal.sh

@@ -12,7 +12,11 @@ import sys
 from typing import Sequence
 
 # Modules that contribute sub-commands, in the order they appear in --help.
-COMMAND_MODULES: tuple[str, ...] = ("tfppml.net.cli", "tfppml.keras.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "tfppml.net.cli",
+    "tfppml.keras.cli",
+    "tfppml.dp.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
