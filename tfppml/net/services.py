@@ -59,6 +59,7 @@ ServiceFactory = Callable[..., Service]
 #: Built-in service names -> "module:factory". Read-only: add a line here to register a service.
 SERVICES: Mapping[str, str] = MappingProxyType(
     {
+        "ckks": "tfppml.he.service:make_service",
         "echo": "tfppml.net.testing:make_echo_service",
         "mpc": "tfppml.mpc.runtime:make_service",
     }
