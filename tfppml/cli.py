@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tfppml.net.cli",
     "tfppml.keras.cli",
     "tfppml.dp.cli",
+    "tfppml.remote.cli",
 )
 
 

@@ -62,6 +62,7 @@ SERVICES: Mapping[str, str] = MappingProxyType(
         "ckks": "tfppml.he.service:make_service",
         "echo": "tfppml.net.testing:make_echo_service",
         "mpc": "tfppml.mpc.runtime:make_service",
+        "remote": "tfppml.remote.service:make_service",
     }
 )
 

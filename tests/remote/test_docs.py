@@ -1,0 +1,13 @@
+"""The runnable examples in tfppml.remote's docstrings still run."""
+
+import doctest
+import importlib
+
+import pytest
+
+
+@pytest.mark.parametrize("name", ["tfppml.remote", "tfppml.remote.audit", "tfppml.remote.policy",
+                                  "tfppml.remote.service", "tfppml.remote.cli"])  # fmt: skip
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0

@@ -1,0 +1,101 @@
+"""Policy files, release rules, rate limits and DP budgets (no worker needed)."""
+
+import pytest
+
+from tfppml.errors import PolicyDenied
+from tfppml.remote.policy import Label, Policy
+
+PATIENTS = frozenset({"patients"})
+
+
+def test_load_yaml(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "identities:\n  analyst:\n    datasets: [patients]\n    aggregates: {min_rows: 5}\n"
+        "    dp: {epsilon_budget: 1.0, delta: 1.0e-6}\n    weights: true\n"
+    )
+    rules = Policy.load(path).rules_for("analyst")
+    assert rules.datasets == PATIENTS and rules.min_rows == 5 and rules.weights
+    assert rules.dp.epsilon_budget == 1.0 and rules.dp.delta == 1e-6
+
+
+@pytest.mark.parametrize(
+    "raw,match",
+    [
+        ({"identities": {"a": {"raw_reads": []}}}, r"identities\.a: unknown rule\(s\) \['raw_reads'\]"),
+        ({"identity": {}}, r"unknown top-level field\(s\) \['identity'\]"),
+        (
+            {"identities": {"a": {"raw_read": ["x"]}}},
+            r"raw_read names data sets not in identities\.a\.datasets",
+        ),
+        ({"identities": {"a": {"aggregates": {"min_rows": -1}}}}, r"aggregates\.min_rows must be an int"),
+        ({"identities": {"a": {"dp": {"epsilon_budget": 1}}}}, r"a\.dp must have exactly the fields"),
+        ({"identities": {"a": {"dp": {"epsilon_budget": 1, "delta": 2}}}}, r"a\.dp\.delta must be a number"),
+        ({"identities": {"a": {"weights": "yes"}}}, r"a\.weights must be true or false"),
+        ({"identities": {"a": {"datasets": "patients"}}}, r"a\.datasets must be a list"),
+    ],
+)
+def test_bad_policies_name_the_field(raw, match):
+    with pytest.raises(ValueError, match=match):
+        Policy.from_dict(raw)
+
+
+def test_release_rules():
+    policy = Policy.from_dict(
+        {"identities": {"a": {"datasets": ["patients"], "aggregates": {"min_rows": 10}}, "b": {}}}
+    )
+    assert policy.check_release("a", Label(), "o1") == "public"
+    assert policy.check_release("a", Label(aggregate=10, aggregate_of=PATIENTS), "o1") == "aggregates"
+    with pytest.raises(PolicyDenied, match=r"'identities\.a\.aggregates\.min_rows'.*o1"):
+        policy.check_release("a", Label(aggregate=9, aggregate_of=PATIENTS), "o1")
+    with pytest.raises(PolicyDenied, match=r"'identities\.a\.raw_read'"):
+        policy.check_release("a", Label(raw=PATIENTS, rows=100), "o1")
+    with pytest.raises(PolicyDenied, match=r"'identities\.a\.weights'"):
+        policy.check_release("a", Label(weights=PATIENTS), "o1")
+    with pytest.raises(PolicyDenied, match=r"'identities\.b\.aggregates'"):
+        policy.check_release("b", Label(aggregate=100, aggregate_of=PATIENTS), "o1")
+    with pytest.raises(PolicyDenied, match=r"rule 'identities': identity 'c'"):
+        policy.check_release("c", Label(), "o1")
+    with pytest.raises(PolicyDenied, match=r"'identities\.b\.datasets'"):
+        policy.check_dataset("b", "patients")
+
+
+def test_labels():
+    raw = Label(raw=PATIENTS, rows=50)
+    assert raw.aggregated() == Label(aggregate=50, aggregate_of=PATIENTS)
+    assert raw.with_rows(None).aggregated().raw == PATIENTS  # uncertified rows stay row-level data
+    assert raw.noised() == Label(dp=PATIENTS) and raw.trained() == Label(weights=PATIENTS)
+    assert Label().trained().public
+
+
+def test_default_rules_and_deny_all():
+    policy = Policy.from_dict({"default": {"datasets": []}})
+    assert policy.rules_for("anyone").name == "default"
+    assert Policy.deny_all().check_release("anyone", Label(), "o1") == "public"
+    with pytest.raises(PolicyDenied, match="default.datasets"):
+        Policy.deny_all().check_dataset("anyone", "patients")
+
+
+def test_rate_limit_window():
+    policy = Policy.from_dict({"identities": {"a": {"rate_limit": {"requests": 2, "per_seconds": 10}}}})
+    policy.check_rate("a", now=0.0)
+    policy.check_rate("a", now=1.0)
+    with pytest.raises(PolicyDenied, match=r"identities\.a\.rate_limit.*at most 2 requests per 10 s"):
+        policy.check_rate("a", now=5.0)
+    policy.check_rate("a", now=10.5)  # the first request left the window
+
+
+def test_dp_budget_composes_and_refuses():
+    policy = Policy.from_dict({"identities": {"a": {"dp": {"epsilon_budget": 1.0, "delta": 1e-5}}, "b": {}}})
+    multiplier = policy.charge_dp("a", 0.5)
+    assert multiplier > 1.0
+    assert 0.45 < policy.dp_spent("a") <= 0.5 + 1e-6
+    with pytest.raises(PolicyDenied, match=r"identities\.a\.dp\.epsilon_budget.*budget 1"):
+        for _ in range(20):  # RDP composition: a few 0.5 releases fit in 1.0, not twenty
+            policy.charge_dp("a", 0.5)
+            assert policy.dp_spent("a") <= 1.0 + 1e-9
+    assert 0.9 < policy.dp_spent("a") <= 1.0 + 1e-9
+    with pytest.raises(PolicyDenied, match=r"identities\.b\.dp"):
+        policy.charge_dp("b", 0.1)
+    with pytest.raises(ValueError, match="`epsilon` must be a positive finite number"):
+        policy.charge_dp("a", 0)

@@ -1,0 +1,838 @@
+"""The data-owner worker service ("remote"): data sets and objects stay here; drivers get pointers.
+
+Started by the network layer's worker command::
+
+    tfppml worker --name hospital --config cluster.json --service remote \\
+        --option data=patients.npz --option policy=policy.yaml --option audit=hospital-audit.log
+
+Options (all ``--option KEY=VALUE``):
+
+- ``data``: an .npz file; each array is a data set named by its key (optional).
+- ``policy``: a policy YAML file (see `tfppml.remote.policy`); without it no data set may be used.
+- ``audit``: the audit log (default ``<worker name>-audit.log`` in the working directory). Paths are taken
+  relative to the worker's working directory: a `tfppml.net.cluster.Cluster` runs its workers in a temporary
+  directory that is deleted at stop, so give it absolute paths, the audit log's above all.
+- ``max_object_bytes``: largest object a request may create (default 512 MiB).
+- ``max_objects``: most live objects per identity (default 10000).
+
+Requests (meta "op"; a request may also carry "free": [object ids] to delete first, which is how the client's
+pointer finalizers release objects without calling out of a garbage collector):
+
+==============  ==========================================================================================
+info            the data sets the caller may use (name, shape, dtype) and its live object count
+dataset         {"name"} -> a pointer to a data set
+put             tensor "value" -> a pointer
+put_model       {"model": JSON config, "compile": {...}} + tensors "w0".."wN" -> a model pointer
+binary          {"fn": add|sub|mul|truediv|matmul, "a", "b"} -> a pointer
+unary           {"fn": neg|abs|square|sqrt|exp|log, "x"} -> a pointer
+reduce          {"fn": sum|mean|max|min, "x", "axis": int|null} -> a pointer
+reshape         {"x", "shape"} -> a pointer
+dp              {"fn": sum|mean, "x", "lower", "upper", "epsilon"} -> a pointer to a DP-noised column sum/mean
+fit             {"model", "x", "y", "epochs", "batch_size"} -> a pointer to the trained model (a new object)
+predict         {"model", "x"} -> a pointer
+evaluate        {"model", "x", "y"} -> a pointer to [loss, metrics...]
+get             {"x"} -> the value (or the model's weights), if the policy allows it
+delete          {"ids"} -> how many were freed
+==============  ==========================================================================================
+
+Only the operations above run; models arrive as a Keras JSON configuration whose every class name and
+activation is on an allow-list (no Lambda layers, no custom objects) plus weight arrays, never as pickle or h5.
+Every request is written to the audit log (who, op, object ids, allowed/denied and the rule, result size).
+Objects belong to the identity that created them; another identity's ids are "unknown" to a caller.
+
+Each object carries a `Label` (its provenance) computed from shapes and operations only. Row-level values of a
+data set may be aggregated (sum/mean over axis 0) only while the object's leading axis is still certified to be
+the data set's rows, one individual each: combining them elementwise with a client tensor that varies along the
+rows (a mask), reshaping the row axis away or multiplying them from the left (a row selector) removes the
+certification, and a later "aggregate" of such an object stays row-level data.
+
+Example:
+    >>> service = make_service("hospital", config, channel, options={"data": "d.npz"})   # doctest: +SKIP
+    >>> service.handle("analyst", {"op": "dataset", "name": "patients"}, {})              # doctest: +SKIP
+    ({'id': 'o3f...', 'shape': [100, 4], 'dtype': 'float64', 'kind': 'tensor', ...}, {})
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from tfppml.errors import PolicyDenied
+from tfppml.net.channel import Channel
+from tfppml.net.config import ClusterConfig
+from tfppml.remote.audit import AuditLog
+from tfppml.remote.policy import Label, Policy
+
+__all__ = ["RemoteService", "check_model_config", "make_service"]
+
+_log = logging.getLogger(__name__)
+
+Message = tuple[dict[str, Any], dict[str, np.ndarray]]
+
+#: dtypes remote tensors may have.
+TENSOR_DTYPES = ("float32", "float64", "int32", "int64")
+DEFAULT_MAX_OBJECT_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_OBJECTS = 10000
+
+# Keras classes a model configuration may name (layers, initializers, regularizers, constraints, containers).
+_ALLOWED_CLASSES = frozenset(
+    {
+        "Sequential", "Functional", "Model", "InputLayer", "Dense", "Flatten", "Reshape", "Dropout",
+        "Activation", "ReLU", "Softmax", "LeakyReLU", "BatchNormalization", "LayerNormalization", "Conv1D",
+        "Conv2D", "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D",
+        "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Embedding", "Concatenate",
+        "Add", "GlorotUniform", "GlorotNormal", "HeUniform", "HeNormal", "LecunUniform", "LecunNormal",
+        "Zeros", "Ones", "Constant", "RandomNormal", "RandomUniform", "TruncatedNormal", "Orthogonal",
+        "L1", "L2", "L1L2", "MaxNorm", "NonNeg", "UnitNorm", "MinMaxNorm",
+    }
+)  # fmt: skip
+_ALLOWED_MODULES = frozenset(
+    {None, "keras", "keras.layers", "keras.initializers", "keras.regularizers", "keras.constraints",
+     "keras.models", "keras.src.engine.functional", "keras.engine.functional"}
+)  # fmt: skip
+_ALLOWED_ACTIVATIONS = frozenset(
+    {"linear", "relu", "sigmoid", "softmax", "tanh", "elu", "selu", "softplus", "softsign", "gelu", "swish",
+     "exponential", "hard_sigmoid", "leaky_relu", "relu6", "silu"}
+)  # fmt: skip
+_LOSSES = frozenset(
+    {"mse", "mae", "mean_squared_error", "mean_absolute_error", "binary_crossentropy",
+     "categorical_crossentropy", "sparse_categorical_crossentropy", "huber"}
+)  # fmt: skip
+_METRICS = frozenset({"accuracy", "mse", "mae", "binary_accuracy", "sparse_categorical_accuracy"})
+_OPTIMIZERS = frozenset({"sgd", "adam", "rmsprop", "adagrad"})
+_OPTIMIZER_CLASSES = {
+    "sgd": lambda **kw: _keras().optimizers.SGD(**kw),
+    "adam": lambda **kw: _keras().optimizers.Adam(**kw),
+    "rmsprop": lambda **kw: _keras().optimizers.RMSprop(**kw),
+    "adagrad": lambda **kw: _keras().optimizers.Adagrad(**kw),
+}
+
+
+def _keras() -> Any:
+    import tensorflow as tf
+
+    return tf.keras
+
+
+_BINARY = ("add", "sub", "mul", "truediv", "matmul")
+_UNARY = ("neg", "abs", "square", "sqrt", "exp", "log")
+_REDUCE = ("sum", "mean", "max", "min")
+
+
+@dataclass
+class _Object:
+    owner: str
+    kind: str  # "tensor" or "model"
+    label: Label
+    value: np.ndarray | None = None
+    model: Any = None  # a compiled tf.keras.Model
+    model_spec: dict[str, Any] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        if self.value is not None:
+            return int(self.value.nbytes)
+        return int(sum(w.nbytes for w in self.model.get_weights())) if self.model is not None else 0
+
+
+def check_model_config(config: Any, *, where: str = "`model`") -> None:
+    """Checks a Keras model configuration against the allow-list (no Lambda, no custom objects, no code).
+
+    Args:
+      config: The parsed JSON configuration (`json.loads(model.to_json())`).
+      where: Name used in messages.
+
+    Raises:
+      ValueError: A class, module or activation that is not allowed, or something that is not plain data;
+        the message names it and its path.
+
+    Example:
+      >>> check_model_config({"class_name": "Sequential", "config": {"layers": [{"class_name": "Lambda"}]}})
+      Traceback (most recent call last):
+      ...
+      ValueError: `model` names class 'Lambda' at model.config.layers[0].class_name, which is not allowed; ...
+    """
+
+    def walk(node: Any, path: str, depth: int) -> None:
+        if depth > 64:
+            raise ValueError(f"{where} is nested too deeply at {path}")
+        if isinstance(node, dict):
+            if "class_name" in node:
+                name = node["class_name"]
+                if name not in _ALLOWED_CLASSES:
+                    raise ValueError(
+                        f"{where} names class {name!r} at {path}.class_name, which is not allowed; allowed: "
+                        f"{sorted(_ALLOWED_CLASSES)}"
+                    )
+                if node.get("module") not in _ALLOWED_MODULES or node.get("registered_name") not in (
+                    None,
+                    name,
+                ):
+                    raise ValueError(
+                        f"{where}: {path} comes from module {node.get('module')!r} / registered name "
+                        f"{node.get('registered_name')!r}; only built-in Keras objects are allowed"
+                    )
+            for key, value in node.items():
+                if key in ("function", "function_type", "module_name", "custom_objects"):
+                    raise ValueError(
+                        f"{where}: {path}.{key} is not allowed (no code in model configurations)"
+                    )
+                if key == "activation" and isinstance(value, str) and value not in _ALLOWED_ACTIVATIONS:
+                    raise ValueError(
+                        f"{where}: activation {value!r} at {path}.activation is not allowed; allowed: "
+                        f"{sorted(_ALLOWED_ACTIVATIONS)}"
+                    )
+                walk(value, f"{path}.{key}", depth + 1)
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{path}[{index}]", depth + 1)
+        elif not isinstance(node, (str, int, float, bool, type(None))):
+            raise ValueError(f"{where}: {path} holds a {type(node).__name__}, not plain JSON")
+
+    if not isinstance(config, dict) or config.get("class_name") not in ("Sequential", "Functional", "Model"):
+        raise ValueError(f"{where} must be a Sequential or Functional model configuration")
+    walk(config, "model", 0)
+
+
+def _check_compile(spec: Any) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise ValueError(
+            f"`compile` must be a mapping with loss/optimizer/metrics, got {type(spec).__name__}"
+        )
+    unknown = sorted(set(spec) - {"loss", "optimizer", "learning_rate", "metrics", "from_logits"})
+    if unknown:
+        raise ValueError(f"`compile` has unknown field(s) {unknown}")
+    loss = spec.get("loss", "mse")
+    if loss not in _LOSSES:
+        raise ValueError(f"`compile.loss` must be one of {sorted(_LOSSES)}, got {loss!r}")
+    optimizer = spec.get("optimizer", "sgd")
+    if optimizer not in _OPTIMIZERS:
+        raise ValueError(f"`compile.optimizer` must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
+    rate = spec.get("learning_rate", 0.01)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 100:
+        raise ValueError(f"`compile.learning_rate` must be a number in (0, 100), got {rate!r}")
+    metrics = spec.get("metrics", [])
+    if not isinstance(metrics, list) or any(m not in _METRICS for m in metrics):
+        raise ValueError(f"`compile.metrics` must be a list drawn from {sorted(_METRICS)}, got {metrics!r}")
+    from_logits = spec.get("from_logits", False)
+    if not isinstance(from_logits, bool):
+        raise ValueError(f"`compile.from_logits` must be a bool, got {from_logits!r}")
+    return {"loss": loss, "optimizer": optimizer, "learning_rate": float(rate), "metrics": list(metrics),
+            "from_logits": from_logits}  # fmt: skip
+
+
+class RemoteService:
+    """The "remote" service (see the module docstring).
+
+    Args:
+      name: The worker's party name.
+      datasets: Data set name -> array.
+      policy: The policy to enforce.
+      audit: The audit log.
+      max_object_bytes: Largest object a request may create.
+      max_objects: Most live objects per identity.
+
+    Raises:
+      ValueError: A data set has a dtype that is not allowed, or a limit is not positive.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        datasets: dict[str, np.ndarray],
+        policy: Policy,
+        audit: AuditLog,
+        *,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+        max_objects: int = DEFAULT_MAX_OBJECTS,
+    ) -> None:
+        for key, value in (("max_object_bytes", max_object_bytes), ("max_objects", max_objects)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{key}` must be a positive int, got {value!r}")
+        self._name = name
+        self._datasets: dict[str, np.ndarray] = {}
+        for key, array in datasets.items():
+            if array.dtype.name not in TENSOR_DTYPES:
+                raise ValueError(
+                    f"data set {key!r} has dtype {array.dtype.name}; allowed: {', '.join(TENSOR_DTYPES)}"
+                )
+            array = np.ascontiguousarray(array)
+            array.setflags(write=False)
+            self._datasets[key] = array
+        self._policy = policy
+        self._audit = audit
+        self._max_object_bytes = max_object_bytes
+        self._max_objects = max_objects
+        self._objects: dict[str, _Object] = {}
+        self._lock = threading.Lock()
+        self._keras_lock = threading.RLock()
+        self._ops: dict[
+            str, Callable[[str, dict[str, Any], dict[str, np.ndarray], dict[str, Any]], Message]
+        ] = {
+            "info": self._op_info,
+            "dataset": self._op_dataset,
+            "put": self._op_put,
+            "put_model": self._op_put_model,
+            "binary": self._op_binary,
+            "unary": self._op_unary,
+            "reduce": self._op_reduce,
+            "reshape": self._op_reshape,
+            "dp": self._op_dp,
+            "fit": self._op_fit,
+            "predict": self._op_predict,
+            "evaluate": self._op_evaluate,
+            "get": self._op_get,
+            "delete": self._op_delete,
+        }
+        self._replay_dp()
+
+    @property
+    def audit(self) -> AuditLog:
+        """The audit log."""
+        return self._audit
+
+    def close(self) -> None:
+        """Closes the audit log and drops every object."""
+        with self._lock:
+            self._objects.clear()
+        self._audit.close()
+
+    # -- entry point
+
+    def handle(self, caller: str, meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Message:
+        """Answers one request (see the module docstring); every request is audited.
+
+        Raises:
+          PolicyDenied: The policy refused it (the message names the rule, nothing of the data).
+          LookupError: An unknown object id or data set.
+          ValueError, TypeError: A bad argument (named, with what was given and expected).
+        """
+        op = meta.get("op")
+        record: dict[str, Any] = {"who": caller, "op": op if isinstance(op, str) else repr(op)[:40]}
+        try:
+            freed = self._free(caller, meta.get("free", []))
+            if freed:
+                record["freed"] = freed
+            self._policy.check_rate(caller)
+            if not isinstance(op, str) or op not in self._ops:
+                raise ValueError(f"`op` must be one of {sorted(self._ops)}, got {op!r}")
+            reply = self._ops[op](caller, meta, tensors, record)
+        except PolicyDenied as err:
+            record.update(allowed=False, rule=_rule_of(err))
+            self._audit.append(**record)
+            raise
+        except Exception as err:
+            record.update(allowed=True, error=type(err).__name__)
+            self._audit.append(**record)
+            raise
+        record.setdefault("allowed", True)
+        self._audit.append(**record)
+        return reply
+
+    # -- object store
+
+    def _store(self, caller: str, obj: _Object, record: dict[str, Any]) -> dict[str, Any]:
+        size = obj.nbytes
+        if size > self._max_object_bytes:
+            raise ValueError(
+                f"the result would be {size} bytes, more than this worker's "
+                f"max_object_bytes={self._max_object_bytes}"
+            )
+        object_id = "o" + secrets.token_hex(8)
+        with self._lock:
+            owned = sum(1 for o in self._objects.values() if o.owner == caller)
+            if owned >= self._max_objects:
+                raise ValueError(
+                    f"identity {caller!r} holds {owned} objects, the most this worker allows (max_objects); "
+                    "delete some first"
+                )
+            self._objects[object_id] = obj
+        record.update(result=object_id, result_bytes=size, label=obj.label.to_json())
+        return self._describe(object_id, obj)
+
+    def _describe(self, object_id: str, obj: _Object) -> dict[str, Any]:
+        info: dict[str, Any] = {"id": object_id, "kind": obj.kind, "label": obj.label.to_json()}
+        if obj.value is not None:
+            info.update(shape=list(obj.value.shape), dtype=obj.value.dtype.name)
+        return info
+
+    def _lookup(
+        self, caller: str, meta: dict[str, Any], key: str, kind: str, record: dict[str, Any]
+    ) -> _Object:
+        object_id = meta.get(key)
+        record.setdefault("objects", []).append(
+            object_id if isinstance(object_id, str) else repr(object_id)[:40]
+        )
+        if not isinstance(object_id, str):
+            raise TypeError(f"`{key}` must be an object id (str), got {type(object_id).__name__}")
+        with self._lock:
+            obj = self._objects.get(object_id)
+        if obj is None or obj.owner != caller:
+            raise LookupError(
+                f"`{key}`: unknown object {object_id[:40]!r} on worker {self._name!r} (deleted, never created, or "
+                "not yours)"
+            )
+        if obj.kind != kind:
+            raise TypeError(f"`{key}`: object {object_id} is a {obj.kind}, expected a {kind}")
+        return obj
+
+    def _free(self, caller: str, ids: Any) -> int:
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise TypeError(f"`free` must be a list of object ids, got {type(ids).__name__}")
+        count = 0
+        with self._lock:
+            for object_id in ids:
+                obj = self._objects.get(object_id)
+                if obj is not None and obj.owner == caller:
+                    del self._objects[object_id]
+                    count += 1
+        return count
+
+    def count_objects(self, caller: str) -> int:
+        """Live objects owned by `caller`."""
+        with self._lock:
+            return sum(1 for o in self._objects.values() if o.owner == caller)
+
+    # -- operations
+
+    def _op_info(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
+        rules = self._policy.rules_for(caller)
+        datasets = {
+            key: {"shape": list(array.shape), "dtype": array.dtype.name}
+            for key, array in self._datasets.items()
+            if key in rules.datasets
+        }
+        return {"worker": self._name, "datasets": datasets, "objects": self.count_objects(caller)}, {}
+
+    def _op_dataset(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
+        name = meta.get("name")
+        if not isinstance(name, str):
+            raise TypeError(f"`name` must be a data set name (str), got {type(name).__name__}")
+        record["dataset"] = name
+        self._policy.check_dataset(caller, name)
+        if name not in self._datasets:
+            raise LookupError(f"`name`: worker {self._name!r} has no data set {name!r}")
+        array = self._datasets[name]
+        label = Label(raw=frozenset({name}), rows=array.shape[0] if array.ndim else None)
+        obj = _Object(caller, "tensor", label, value=array)
+        info = self._store(caller, obj, record)
+        record["result_bytes"] = 0  # a view of the data set: nothing new is held
+        return info, {}
+
+    def _op_put(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
+        if set(tensors) != {"value"}:
+            raise ValueError(f"`put` takes exactly one tensor named 'value', got {sorted(tensors)}")
+        value = _check_tensor(tensors["value"], "value")
+        return self._store(caller, _Object(caller, "tensor", Label(), value=value), record), {}
+
+    def _op_put_model(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
+        spec = {"model": meta.get("model"), "compile": _check_compile(meta.get("compile", {}))}
+        model = self._build_model(spec, tensors)
+        return (
+            self._store(caller, _Object(caller, "model", Label(), model=model, model_spec=spec), record),
+            {},
+        )
+
+    def _op_binary(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
+        import tensorflow as tf
+
+        fn = meta.get("fn")
+        if fn not in _BINARY:
+            raise ValueError(f"`fn` of a binary op must be one of {list(_BINARY)}, got {fn!r}")
+        record["fn"] = fn
+        a = self._lookup(caller, meta, "a", "tensor", record)
+        b = self._lookup(caller, meta, "b", "tensor", record)
+        if a.value.dtype != b.value.dtype:
+            raise TypeError(
+                f"`{fn}` needs operands of one dtype: `a` is {a.value.dtype.name}, `b` is {b.value.dtype.name} "
+                "(cast one of them before sending)"
+            )
+        if fn == "matmul":
+            shape = _matmul_shape(a.value.shape, b.value.shape)
+            label = _matmul_label(a, b)
+        else:
+            try:
+                shape = np.broadcast_shapes(a.value.shape, b.value.shape)
+            except ValueError:
+                raise ValueError(
+                    f"`{fn}`: shapes {list(a.value.shape)} (`a`) and {list(b.value.shape)} (`b`) do not broadcast"
+                ) from None
+            label = _elementwise_label([a, b], shape)
+        self._check_size(shape, a.value.dtype)
+        op = {"add": tf.add, "sub": tf.subtract, "mul": tf.multiply, "truediv": tf.math.truediv,
+              "matmul": tf.linalg.matmul}[fn]  # fmt: skip
+        value = op(a.value, b.value).numpy()
+        return self._store(caller, _Object(caller, "tensor", label, value=value), record), {}
+
+    def _op_unary(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
+        import tensorflow as tf
+
+        fn = meta.get("fn")
+        if fn not in _UNARY:
+            raise ValueError(f"`fn` of a unary op must be one of {list(_UNARY)}, got {fn!r}")
+        record["fn"] = fn
+        x = self._lookup(caller, meta, "x", "tensor", record)
+        if fn in ("sqrt", "exp", "log") and x.value.dtype.kind != "f":
+            raise TypeError(f"`{fn}` needs a float tensor, got {x.value.dtype.name}")
+        op = {"neg": tf.negative, "abs": tf.abs, "square": tf.square, "sqrt": tf.sqrt, "exp": tf.exp,
+              "log": tf.math.log}[fn]  # fmt: skip
+        value = op(x.value).numpy()
+        return self._store(caller, _Object(caller, "tensor", x.label, value=value), record), {}
+
+    def _op_reduce(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
+        import tensorflow as tf
+
+        fn = meta.get("fn")
+        if fn not in _REDUCE:
+            raise ValueError(f"`fn` of a reduction must be one of {list(_REDUCE)}, got {fn!r}")
+        record["fn"] = fn
+        x = self._lookup(caller, meta, "x", "tensor", record)
+        axis = meta.get("axis")
+        ndim = x.value.ndim
+        if axis is not None and (
+            isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim
+        ):
+            raise ValueError(f"`axis` must be None or an int in [{-ndim}, {ndim}), got {axis!r}")
+        record["axis"] = axis
+        if fn == "mean" and x.value.dtype.kind != "f":
+            raise TypeError(f"`mean` needs a float tensor, got {x.value.dtype.name} (cast before sending)")
+        over_rows = axis is None or axis % max(ndim, 1) == 0
+        if over_rows and fn in ("sum", "mean"):
+            label = x.label.aggregated()
+        elif over_rows:
+            label = x.label.with_rows(None)  # max/min over the rows is one row's value, not an aggregate
+        else:
+            label = x.label  # a per-row reduction keeps the row axis
+        op = {"sum": tf.reduce_sum, "mean": tf.reduce_mean, "max": tf.reduce_max, "min": tf.reduce_min}[fn]
+        value = np.asarray(op(x.value, axis=axis).numpy())
+        return self._store(caller, _Object(caller, "tensor", label, value=value), record), {}
+
+    def _op_reshape(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
+        x = self._lookup(caller, meta, "x", "tensor", record)
+        shape = meta.get("shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in shape
+        ):
+            raise TypeError(f"`shape` must be a list of ints, got {shape!r}")
+        try:
+            value = x.value.reshape(shape)
+        except ValueError:
+            raise ValueError(f"`shape`: cannot reshape {list(x.value.shape)} into {shape}") from None
+        rows = x.label.rows
+        keeps_rows = rows is not None and value.ndim >= 1 and value.shape[0] == rows
+        label = x.label.with_rows(rows if keeps_rows else None)
+        return self._store(caller, _Object(caller, "tensor", label, value=value), record), {}
+
+    def _op_dp(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
+        fn = meta.get("fn")
+        if fn not in ("sum", "mean"):
+            raise ValueError(f"`fn` of a DP release must be 'sum' or 'mean', got {fn!r}")
+        record["fn"] = fn
+        x = self._lookup(caller, meta, "x", "tensor", record)
+        lower, upper, epsilon = meta.get("lower"), meta.get("upper"), meta.get("epsilon")
+        for key, value in (("lower", lower), ("upper", upper), ("epsilon", epsilon)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"`{key}` must be a finite number, got {value!r}")
+        if not lower < upper:
+            raise ValueError(f"`lower` must be less than `upper`, got lower={lower!r}, upper={upper!r}")
+        if x.value.ndim < 1:
+            raise ValueError(
+                f"a DP {fn} runs over the rows (axis 0) of a tensor with at least 1 dimension, got a scalar"
+            )
+        label = x.label
+        if not label.public and (label.rows is None or label.aggregate_of or label.weights or label.dp):
+            rules = self._policy.rules_for(caller)
+            raise PolicyDenied(
+                f"policy rule '{rules.name}.dp' denies a DP release of object {meta.get('x')}: its rows are not "
+                "certified to be one individual each (mixed with a row-varying tensor, reshaped, aggregated, or "
+                "from a trained model), so its sensitivity is unknown"
+            )
+        record["epsilon"] = float(epsilon)
+        # Charged before the noise is drawn; a release that the budget cannot afford never happens.
+        multiplier = self._policy.charge_dp(caller, float(epsilon)) if not label.public else 0.0
+        record["noise_multiplier"] = multiplier
+        rows = x.value.shape[0]
+        clipped = np.clip(x.value.astype(np.float64), float(lower), float(upper))
+        total = clipped.sum(axis=0)
+        # L2 sensitivity of the column sums when one row is added or removed.
+        sensitivity = max(abs(float(lower)), abs(float(upper))) * math.sqrt(
+            max(1, int(np.prod(x.value.shape[1:])))
+        )
+        if multiplier > 0:
+            import tensorflow as tf
+
+            import tfppml.ops
+
+            noise = tfppml.ops.gaussian_noise(
+                list(total.shape), stddev=multiplier * sensitivity, dtype=tf.float64
+            )
+            total = total + np.asarray(noise.numpy()).reshape(total.shape)
+        value = np.asarray(total / rows if fn == "mean" else total)
+        return self._store(caller, _Object(caller, "tensor", label.noised(), value=value), record), {}
+
+    def _op_fit(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
+        import tensorflow as tf
+
+        source = self._lookup(caller, meta, "model", "model", record)
+        x = self._lookup(caller, meta, "x", "tensor", record)
+        y = self._lookup(caller, meta, "y", "tensor", record)
+        epochs = _positive_int(meta.get("epochs", 1), "epochs", 10000)
+        batch_size = _positive_int(meta.get("batch_size", 32), "batch_size", 1 << 20)
+        _check_rows(x, y)
+        record.update(epochs=epochs, batch_size=batch_size)
+        with self._keras_lock:
+            model = self._build_model(source.model_spec, _weights_of(source.model))
+            try:
+                model.fit(x.value, y.value, epochs=epochs, batch_size=batch_size, verbose=0)
+            except (ValueError, tf.errors.InvalidArgumentError) as err:
+                raise ValueError(
+                    f"fit failed on x {list(x.value.shape)} and y {list(y.value.shape)}: {_first_line(err)}"
+                ) from None
+        label = source.label.join(x.label.join(y.label).trained())
+        obj = _Object(caller, "model", label, model=model, model_spec=source.model_spec)
+        return self._store(caller, obj, record), {}
+
+    def _op_predict(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
+        import tensorflow as tf
+
+        source = self._lookup(caller, meta, "model", "model", record)
+        x = self._lookup(caller, meta, "x", "tensor", record)
+        with self._keras_lock:
+            try:
+                value = np.asarray(source.model.predict(x.value, verbose=0))
+            except (ValueError, tf.errors.InvalidArgumentError) as err:
+                raise ValueError(f"predict failed on x {list(x.value.shape)}: {_first_line(err)}") from None
+        # One output row per input row, computed from that row alone (and the model): the rows stay the data
+        # set's rows. (A DP release still refuses them when the model was trained on the data.)
+        label = x.label.join(source.label)
+        if x.label.rows is not None and value.ndim >= 1 and value.shape[0] == x.label.rows:
+            label = label.with_rows(x.label.rows)
+        return self._store(caller, _Object(caller, "tensor", label, value=value), record), {}
+
+    def _op_evaluate(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
+        import tensorflow as tf
+
+        source = self._lookup(caller, meta, "model", "model", record)
+        x = self._lookup(caller, meta, "x", "tensor", record)
+        y = self._lookup(caller, meta, "y", "tensor", record)
+        _check_rows(x, y)
+        with self._keras_lock:
+            try:
+                result = source.model.evaluate(x.value, y.value, verbose=0, return_dict=True)
+            except (ValueError, tf.errors.InvalidArgumentError) as err:
+                raise ValueError(f"evaluate failed on x {list(x.value.shape)}: {_first_line(err)}") from None
+        names = list(result)
+        value = np.asarray([float(result[key]) for key in names], dtype=np.float64)
+        data = _paired_label(x, y).aggregated()
+        label = data.join(source.label)
+        info = self._store(caller, _Object(caller, "tensor", label, value=value), record)
+        return {**info, "names": names}, {}
+
+    def _op_get(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
+        object_id = meta.get("x")
+        with self._lock:
+            obj = self._objects.get(object_id) if isinstance(object_id, str) else None
+        kind = obj.kind if obj is not None else "tensor"
+        obj = self._lookup(caller, meta, "x", kind, record)
+        record["rule"] = self._policy.check_release(caller, obj.label, object_id)
+        if obj.kind == "model":
+            weights = _weights_of(obj.model)
+            record["result_bytes"] = int(sum(w.nbytes for w in weights.values()))
+            return {"kind": "model", "count": len(weights)}, weights
+        record["result_bytes"] = int(obj.value.nbytes)
+        return {"kind": "tensor"}, {"value": obj.value}
+
+    def _op_delete(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
+        ids = meta.get("ids", [])
+        record["objects"] = ids if isinstance(ids, list) else []
+        return {"deleted": self._free(caller, ids)}, {}
+
+    # -- helpers
+
+    def _check_size(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if size > self._max_object_bytes:
+            raise ValueError(
+                f"the result of shape {list(shape)} would be {size} bytes, more than this worker's "
+                f"max_object_bytes={self._max_object_bytes}"
+            )
+
+    def _build_model(self, spec: dict[str, Any], tensors: dict[str, np.ndarray]) -> Any:
+        import tensorflow as tf
+
+        config = spec.get("model")
+        if not isinstance(config, str) or len(config) > 1 << 20:
+            raise TypeError("`model` must be a Keras model's JSON configuration (str, at most 1 MiB)")
+        try:
+            parsed = json.loads(config)
+        except ValueError as err:
+            raise ValueError(f"`model` is not valid JSON: {err}") from None
+        check_model_config(parsed)
+        with self._keras_lock:
+            model = tf.keras.models.model_from_json(config)
+            expected = model.get_weights()
+            names = [f"w{i}" for i in range(len(expected))]
+            if sorted(tensors) != sorted(names):
+                raise ValueError(
+                    f"the model has {len(expected)} weight arrays; send tensors {names[:3]}..., "
+                    f"got {sorted(tensors)[:5]}"
+                )
+            for key, want in zip(names, expected):
+                got = tensors[key]
+                if got.shape != want.shape or got.dtype != want.dtype:
+                    raise ValueError(
+                        f"weight {key} has shape {list(got.shape)} and dtype {got.dtype.name}; the model expects "
+                        f"{list(want.shape)} {want.dtype.name}"
+                    )
+            model.set_weights([tensors[key] for key in names])
+            comp = spec["compile"]
+            optimizer = _OPTIMIZER_CLASSES[comp["optimizer"]](learning_rate=comp["learning_rate"])
+            loss: Any = comp["loss"]
+            if comp["from_logits"] and loss in ("binary_crossentropy", "categorical_crossentropy",
+                                               "sparse_categorical_crossentropy"):  # fmt: skip
+                loss = tf.keras.losses.get({"class_name": loss, "config": {"from_logits": True}})
+            model.compile(optimizer=optimizer, loss=loss, metrics=comp["metrics"])
+        return model
+
+    def _replay_dp(self) -> None:
+        """Rebuilds every identity's DP spending from the audit log, so a restart does not reset budgets."""
+        for entry in self._audit.entries():
+            if entry.get("op") == "dp" and entry.get("allowed") and entry.get("noise_multiplier"):
+                self._policy.replay_dp(entry["who"], entry["noise_multiplier"])
+
+
+def _rule_of(err: PolicyDenied) -> str:
+    text = str(err)
+    start = text.find("policy rule '")
+    if start < 0:
+        return "unknown"
+    start += len("policy rule '")
+    return text[start : text.find("'", start)]
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[-1][:300]
+
+
+def _positive_int(value: Any, key: str, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise ValueError(f"`{key}` must be an int in [1, {high}], got {value!r}")
+    return value
+
+
+def _check_tensor(value: np.ndarray, key: str) -> np.ndarray:
+    if value.dtype.name not in TENSOR_DTYPES:
+        raise TypeError(
+            f"`{key}` has dtype {value.dtype.name}; remote tensors are {', '.join(TENSOR_DTYPES)}"
+        )
+    return value
+
+
+def _check_rows(x: _Object, y: _Object) -> None:
+    if x.value.ndim < 1 or y.value.ndim < 1 or x.value.shape[0] != y.value.shape[0]:
+        raise ValueError(
+            "`x` and `y` must have the same number of rows, got shapes "
+            f"{list(x.value.shape)} and {list(y.value.shape)}"
+        )
+
+
+def _weights_of(model: Any) -> dict[str, np.ndarray]:
+    return {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
+
+
+def _matmul_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    if len(a) != 2 or len(b) != 2 or a[1] != b[0]:
+        raise ValueError(
+            f"`matmul` needs 2-D operands [n, k] @ [k, m], got {list(a)} (`a`) and {list(b)} (`b`)"
+        )
+    return (a[0], b[1])
+
+
+def _elementwise_label(operands: list[_Object], shape: tuple[int, ...]) -> Label:
+    """Joins operand labels; the row axis stays certified only if every row-level operand has the same certified
+    rows along the result's leading axis and no other operand varies along that axis."""
+    label = operands[0].label
+    for other in operands[1:]:
+        label = label.join(other.label)
+    if not label.raw:
+        return label
+    raw_rows = {o.label.rows for o in operands if o.label.raw}
+    certified = (
+        len(raw_rows) == 1
+        and None not in raw_rows
+        and len(shape) >= 1
+        and shape[0] == next(iter(raw_rows))
+        and all(o.value.ndim == len(shape) for o in operands if o.label.raw)
+        and all(o.value.ndim < len(shape) or o.value.shape[0] == 1 for o in operands if not o.label.raw)
+    )
+    return label.with_rows(next(iter(raw_rows)) if certified else None)
+
+
+def _paired_label(x: _Object, y: _Object) -> Label:
+    """Label of per-row pairs (x[i], y[i]) of two tensors with the same row count (evaluate, fit)."""
+    label = x.label.join(y.label)
+    rows = {o.label.rows for o in (x, y) if o.label.raw}
+    if len(rows) == 1 and None not in rows and all(o.label.raw for o in (x, y)):
+        return label.with_rows(next(iter(rows)))
+    return label.with_rows(None)
+
+
+def _matmul_label(a: _Object, b: _Object) -> Label:
+    label = a.label.join(b.label)
+    # x @ W keeps x's rows when W holds no row-level data; anything @ raw contracts over the raw rows with
+    # caller-chosen weights (which could select one row), so it is row-level data without certified rows.
+    if a.label.raw and a.label.rows is not None and not b.label.raw:
+        return label.with_rows(a.label.rows)
+    return label.with_rows(None)
+
+
+def make_service(
+    name: str, config: ClusterConfig, channel: Channel, options: dict[str, str] | None = None
+) -> RemoteService:
+    """Service factory for "remote" (see the module docstring for the options).
+
+    Raises:
+      ValueError: An unknown option, an unreadable data file or policy, a broken audit log.
+    """
+    options = dict(options or {})
+    known = {"data", "policy", "audit", "max_object_bytes", "max_objects"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"remote service: unknown option(s) {unknown}; known options are {sorted(known)}")
+    datasets: dict[str, np.ndarray] = {}
+    if options.get("data"):
+        path = Path(options["data"])
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                datasets = {key: archive[key] for key in archive.files}
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"remote service: option data={path} is not a readable .npz file: {err}"
+            ) from None
+    policy = Policy.load(options["policy"]) if options.get("policy") else Policy.deny_all()
+    audit = AuditLog(options.get("audit") or f"{name}-audit.log")
+    limits = {}
+    for key in ("max_object_bytes", "max_objects"):
+        if key in options:
+            try:
+                limits[key] = int(options[key])
+            except ValueError:
+                raise ValueError(
+                    f"remote service: option {key} must be an int, got {options[key]!r}"
+                ) from None
+    _log.info(
+        "remote service %s: data sets %s, policy %s, audit log %s",
+        name,
+        sorted(datasets),
+        policy.source,
+        audit.path,
+    )
+    return RemoteService(name, datasets, policy, audit, **limits)
