@@ -86,9 +86,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument("--config", required=True, metavar="FILE", help="cluster.json")
     worker.add_argument(
         "--service",
-        default="mpc",
-        help="registered service name (echo, mpc, ...) or module:factory (default mpc)",
+        default=None,
+        help="registered service name (echo, mpc, remote, ckks) or module:factory (default mpc, or remote "
+        "when --data or --policy is given)",
     )
+    worker.add_argument("--data", default=None, metavar="NPZ",
+                        help="data-owner worker: the datasets it holds (same as --option data=NPZ)")
+    worker.add_argument("--policy", default=None, metavar="YAML",
+                        help="data-owner worker: its policy (same as --option policy=YAML)")
+    worker.add_argument("--audit", default=None, metavar="LOG",
+                        help="data-owner worker: its audit log (same as --option audit=LOG)")
+    worker.add_argument("--port", type=int, default=None, metavar="PORT",
+                        help="listen on this port of the configured host (instead of the config's port)")
     worker.add_argument(
         "--listen", default=None, metavar="HOST:PORT", help="bind address (default: from config)"
     )
@@ -184,13 +193,26 @@ def _run_worker(args: argparse.Namespace) -> int:
         if not sep or not key:
             return _fail(f"--option must be KEY=VALUE, got {item!r}")
         options[key] = value
+    for key in ("data", "policy", "audit"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = os.path.abspath(value)  # the service may run in another working directory
+    service = args.service or ("remote" if args.data or args.policy else "mpc")
     try:
         config = load_config(args.config)
+        listen = args.listen
+        if args.port is not None:
+            if listen is not None:
+                return _fail("give either --listen or --port, not both")
+            if not 0 < args.port < 65536:
+                return _fail(f"--port must be in 1..65535, got {args.port}")
+            host = config.address(args.name).rsplit(":", 1)[0]
+            listen = f"{host}:{args.port}"
         server = WorkerServer(
             args.name,
             config,
-            args.service,
-            listen=args.listen,
+            service,
+            listen=listen,
             max_concurrent_calls=args.max_concurrent_calls,
             service_options=options or None,
         )
