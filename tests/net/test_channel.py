@@ -209,3 +209,71 @@ def test_discard_pending_drops_leftovers_of_a_failed_run(parties):
         s1.recv("server0", "run1/a", timeout=0.2)
     np.testing.assert_array_equal(s1.recv("server0", "run2/a"), np.zeros(2))
     assert s1.discard_pending() == 0
+
+
+# --- post: send without waiting for the acknowledgement (what the MPC runtime uses every round) ------------
+
+
+def test_post_then_recv_round_trip_and_flush(parties):
+    s0, s1 = parties["server0"], parties["server1"]
+    for k in range(5):
+        s0.post("server1", f"p/{k}", np.full(3, k, np.uint64))
+    s0.flush()
+    for k in reversed(range(5)):  # arrival order does not matter: tags are exact
+        np.testing.assert_array_equal(s1.recv("server0", f"p/{k}"), np.full(3, k))
+    s0.flush()  # nothing left in flight: a no-op
+
+
+def test_post_checks_arguments_at_once(parties):
+    with pytest.raises(ValueError, match="`to` must be one of the peers"):
+        parties["server0"].post("nobody", "t", np.zeros(1))
+    with pytest.raises(TypeError, match="`array` must be a numpy.ndarray"):
+        parties["server0"].post("server1", "t", [1])
+
+
+def test_failed_post_is_raised_by_flush(parties):
+    parties.kill("server2")
+    s0 = parties["server0"]
+    start = time.monotonic()
+    try:
+        s0.post("server2", "x", np.zeros(3))  # the in-process channel delivers at once, so it raises here
+    except PartyUnavailableError:
+        assert isinstance(s0, LocalChannel)
+    else:
+        with pytest.raises(PartyUnavailableError, match=r"'server2'.*unavailable for message 'x'"):
+            s0.flush()
+    assert time.monotonic() - start < 1.0
+
+
+def test_failed_post_ends_a_recv_from_another_peer_fast(parties):
+    """A round posts to one peer and receives from the other: a dead first peer must not cost the timeout."""
+    parties.kill("server2")
+    s0 = parties["server0"]
+    start = time.monotonic()
+    with pytest.raises(PartyUnavailableError, match="'server2'"):
+        s0.post("server2", "x", np.zeros(3))
+        s0.recv("server1", "never-sent", timeout=10)
+    assert time.monotonic() - start < 2.0
+
+
+def test_posted_failures_belong_to_the_posting_thread(servers):
+    """Another protocol run (thread) on the same worker is not blamed for this run's failed delivery."""
+    s0 = servers["server0"].channel
+    servers["server2"].stop(grace=0)
+    s0.post("server2", "x", np.zeros(3))
+    errors = []
+
+    def other_run():
+        try:
+            s0.send("server1", "other", np.ones(2))
+            s0.flush()
+        except Exception as err:  # noqa: BLE001 - recorded for the assertion
+            errors.append(err)
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    thread.join(timeout=5)
+    assert errors == []
+    with pytest.raises(PartyUnavailableError):
+        s0.flush()
+    s0.flush()  # the failure was reported once and forgotten

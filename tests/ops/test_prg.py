@@ -118,3 +118,43 @@ def test_bad_arguments_raise_clear_errors(call, error, words):
         call()
     for word in words:
         assert word in str(info.value)
+
+
+# --- prg_uniform_numpy: the same keystream without a TF op dispatch (the MPC runtime's small masks) ---------
+
+
+@given(seed_words=st.lists(st.integers(0, 2**64 - 1), min_size=4, max_size=4),
+       count=st.integers(0, 300), offset=st.integers(0, 10_000))
+def test_numpy_variant_matches_independent_chacha20(seed_words, count, offset):
+    seed = np.array(seed_words, np.uint64)
+    np.testing.assert_array_equal(ops.prg_uniform_numpy(seed, [count], offset=offset),
+                                  reference_words(seed, count, offset))
+
+
+@pytest.mark.parametrize("bits", [128, 256])
+@pytest.mark.parametrize("shape,offset", [([3, 5], 0), ([1], 7), ([64], 63), ([2, 2, 100], 1001), ([0, 4], 5), ([], 2)])
+def test_numpy_variant_equals_the_tf_kernel(bits, shape, offset):
+    seed = new_seed(bits)
+    ours = ops.prg_uniform_numpy(seed, shape, offset=offset)
+    assert ours.shape == tuple(shape) and ours.dtype == np.uint64
+    np.testing.assert_array_equal(ours, ops.prg_uniform(seed, shape, offset=offset).numpy())
+
+
+@pytest.mark.parametrize(
+    "call,error,words",
+    [
+        (lambda: ops.prg_uniform_numpy(np.ones(3, np.uint64), [2]), ValueError, ["prg_uniform_numpy", "`seed`"]),
+        (lambda: ops.prg_uniform_numpy(np.ones(4, np.int64), [2]), TypeError, ["`seed`", "uint64"]),
+        (lambda: ops.prg_uniform_numpy([1, 2, 3, 4], [2]), TypeError, ["`seed`"]),
+        (lambda: ops.prg_uniform_numpy(new_seed(), [2, -1]), ValueError, ["`shape`", "negative"]),
+        (lambda: ops.prg_uniform_numpy(new_seed(), [2.5]), TypeError, ["`shape`"]),
+        (lambda: ops.prg_uniform_numpy(new_seed(), [2], offset=-1), ValueError, ["`offset`"]),
+        (lambda: ops.prg_uniform_numpy(new_seed(), [4], offset=2**63 - 2), ValueError, ["`offset`"]),
+        (lambda: ops.prg_uniform_numpy(new_seed(), [2], offset=1.0), TypeError, ["`offset`"]),
+    ],
+)
+def test_numpy_variant_bad_arguments(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value)

@@ -46,6 +46,10 @@ PROGRAM_STEP_OPS = frozenset(
 )
 
 
+#: Masks of at least this many elements are drawn with the multi-threaded TF kernel instead of the direct call.
+_PRG_KERNEL_MIN_SIZE = 1 << 18
+
+
 def party_op(name: str) -> Callable[[OpFunction], OpFunction]:
     """Registers a party-side operation under `name` (the command a driver sends)."""
 
@@ -159,7 +163,16 @@ class PartyRuntime:
         if op in PROGRAM_ONLY_OPS:
             raise PolicyDenied(f"operation {op!r} only runs inside a served program")
         tensors = {k: np.asarray(v) for k, v in tensors.items()}
-        return PARTY_OPS[op](OpContext(self, op_id, caller), args, tensors)
+        try:
+            answer = PARTY_OPS[op](OpContext(self, op_id, caller), args, tensors)
+        except BaseException:
+            # The run failed already; its undelivered messages must not be blamed on the next one.
+            getattr(self.channel, "discard_posted", lambda: None)()
+            raise
+        # Messages are posted without waiting for their acknowledgements (see OpContext.send): make sure every
+        # one of this run was delivered before answering that the run succeeded.
+        getattr(self.channel, "flush", lambda: None)()
+        return answer
 
 
 class OpContext:
@@ -198,7 +211,10 @@ class OpContext:
     # --- messages -------------------------------------------------------------------------------------------
     def send(self, to: int, label: str, value: np.ndarray) -> None:
         array = np.asarray(value)
-        self.party.channel.send(self.party.names[to % NUM_PARTIES], f"{self.op_id}/{label}", array)
+        # Posted, not sent: a round is "post to one neighbour, receive from the other", and waiting for the
+        # acknowledgement first put a whole extra round trip into every round.  handle() flushes at the end.
+        channel = self.party.channel
+        getattr(channel, "post", channel.send)(self.party.names[to % NUM_PARTIES], f"{self.op_id}/{label}", array)
         self.party.count("messages_sent")
         self.party.count("bytes_sent", array.nbytes)
 
@@ -217,7 +233,12 @@ class OpContext:
         if keys is None or key not in keys:
             raise ProtocolError(f"party {self.i} does not hold key {key}")
         digest = hashlib.sha256(keys[key] + f"|{self.op_id}|{label}".encode()).digest()
-        return ops.prg_uniform(np.frombuffer(digest, dtype="<u8").astype(np.uint64), list(shape)).numpy()
+        seed = np.frombuffer(digest, dtype="<u8").astype(np.uint64)
+        # Small masks (every round of a comparison draws some) skip the TF op dispatch, which cost more than
+        # the keystream itself; large ones use the kernel, which shards across cores.  Same words either way.
+        if int(np.prod(shape, dtype=np.int64)) < _PRG_KERNEL_MIN_SIZE:
+            return ops.prg_uniform_numpy(seed, list(shape))
+        return ops.prg_uniform(seed, list(shape)).numpy()
 
     def zero_share(self, label: str, shape: list[int]) -> np.ndarray:
         """This party's term of a three-way additive sharing of zero."""

@@ -7,7 +7,7 @@ a negative fixed-point number is stored in two's complement.
 
 from tfppml.ops.fixed_point import fixed_point_decode, fixed_point_encode
 from tfppml.ops.gaussian_noise import add_gaussian_noise, gaussian_noise
-from tfppml.ops.prg import prg_uniform
+from tfppml.ops.prg import prg_uniform, prg_uniform_numpy
 from tfppml.ops.ring import ring_add, ring_mul, ring_neg, ring_reduce_sum, ring_shift_right, ring_sub
 from tfppml.ops.ring_matmul import ring_conv2d, ring_matmul
 
@@ -17,6 +17,7 @@ __all__ = [
     "fixed_point_encode",
     "gaussian_noise",
     "prg_uniform",
+    "prg_uniform_numpy",
     "ring_add",
     "ring_conv2d",
     "ring_matmul",
