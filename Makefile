@@ -6,6 +6,7 @@
 #   make test-all   every test, slow ones too
 #   make bench      the benchmarks/ scripts of the foundation
 #   make bazel-test the same kernels built and tested with Bazel, offline
+#   make notebooks  run every tutorial in notebooks/ headlessly; fails on an error or a process left behind
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -19,7 +20,7 @@ SEAL_LIB := $(SEAL_DIR)/lib/libseal-4.1.a
 CC_FILES := $(shell find cc -name '*.cc' -o -name '*.h' -o -name '*.bzl') setup.py
 PYTEST_ARGS ?=
 
-.PHONY: install seal demo test test-all bench bazel-test clean
+.PHONY: install seal demo test test-all bench bazel-test notebooks clean
 
 install: $(KERNELS_STAMP)
 
@@ -60,6 +61,9 @@ bench: install
 
 bazel-test: install
 	bash scripts/bazel_test.sh
+
+notebooks: install
+	$(VPY) scripts/run_notebooks.py
 
 clean:
 	rm -rf build *.egg-info $(KERNELS_STAMP)

@@ -48,6 +48,9 @@ def poisson_sample(x: Any, y: Any = None, *, batch_size: int, steps: int | None 
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
     data = (x,) if y is None else (x, y)
+    # Tensors, not NumPy arrays: a NumPy array captured by the map function is embedded in its graph as a
+    # constant (copied several times over: a 1 GB feature matrix took ~10 GB); a tensor is captured by reference.
+    data = tf.nest.map_structure(tf.convert_to_tensor, data)
     q = batch_size / n
     seed_ds = tf.data.Dataset.random(seed=seed).take(steps)
 
