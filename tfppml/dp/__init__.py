@@ -3,7 +3,11 @@
 Turn DP on with one compile argument and watch the budget with one callback::
 
     import tfppml.dp
-    sigma = tfppml.dp.calibrate_noise(target_epsilon=3.0, delta=1e-5, n=60000, batch_size=256, epochs=15)
+    # Model.fit draws shuffled fixed-size batches, which earn no amplification by sampling: say so here as
+    # the callback does (calibrate_noise and compute_epsilon assume Poisson sampling unless told otherwise;
+    # tfppml.dp.poisson_sample gives batches that earn it).
+    sigma = tfppml.dp.calibrate_noise(target_epsilon=3.0, delta=1e-5, n=60000, batch_size=256, epochs=15,
+                                      poisson=False)
     model.compile(optimizer=tfppml.dp.DPSGD(l2_norm_clip=1.0, noise_multiplier=sigma, learning_rate=0.1),
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     model.fit(x, y, batch_size=256, epochs=15,
