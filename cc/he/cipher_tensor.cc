@@ -512,8 +512,8 @@ Status DeserializeCipher(const std::shared_ptr<const Context>& context, const st
     TF_RETURN_IF_ERROR(r.GetSection(&data, &size, what));
     seal::Ciphertext& ct = c->ciphertexts[i];
     TF_RETURN_IF_ERROR(LoadSeal(context->seal_context(), data, size, "ciphertext", &ct));
-    if (ct.size() != 2 || !ct.is_ntt_form() || ct.scale() != context->scale() ||
-        ct.parms_id() != c->ciphertexts[0].parms_id() ||
+    if (ct.size() != 2 || !ct.is_ntt_form() || !ScaleWithinDrift(ct.scale(), context->scale()) ||
+        ct.scale() != c->ciphertexts[0].scale() || ct.parms_id() != c->ciphertexts[0].parms_id() ||
         context->seal_context().get_context_data(ct.parms_id()) == nullptr ||
         ct.parms_id() == context->seal_context().key_parms_id()) {
       return InvalidArgument("tfppml.he: serialized ciphertext ", i, " does not fit this context (size, "

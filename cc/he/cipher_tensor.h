@@ -12,10 +12,15 @@
 //    the tensors that reference it, in eager mode and inside tf.function alike.
 //  * A `CipherTensor` is an immutable, shared list of SEAL ciphertexts plus the logical shape and the slot
 //    layout (below).  Invariants kept by every kernel: all ciphertexts of a tensor are at the same level, have
-//    size 2 (relinearized), and have scale exactly equal to the context's global scale (ct x pt products are
-//    encoded at the scale of the prime that the rescale drops; ct x ct products are snapped back to the
-//    global scale, which differs from the true one by |scale / prime - 1|, below 1e-6 for the checked
-//    parameters); slots outside the tensor's data hold zero (vector layout: replicas, see below).
+//    size 2 (relinearized), and share one scale, which is the true scale of their encoding and lies within
+//    kMaxScaleDrift of the context's global scale.  Scales: a ct x ct product rescaled by the prime q has
+//    scale s1 * s2 / q, which is not the global scale S (q is only near 2^bits: 1e-6 away for 40-bit primes
+//    at N = 8192, but 1e-3 for 28-bit ones).  It is kept as it is, not snapped to S (snapping would change
+//    the value by that same relative amount); the next ct x pt product encodes its plaintext at
+//    q' * S / s instead of q', which brings the result back to exactly S; operands of an addition at two
+//    levels are matched exactly by the step that lowers one of them.  Only adding two ciphertexts of different
+//    scales at the same level snaps them to S (the one place that error remains).  Slots outside the tensor's
+//    data hold zero (vector layout: replicas, see below).
 //  * Layouts.  kVector: shape [..., n]; each row (last axis) is one ciphertext, zero-padded to the period
 //    p = next_pow2(n) and replicated slot_count / p times, so a rotation of the whole slot vector is a cyclic
 //    rotation of the padded row (what the diagonal matmul needs).  kBatch: shape [B, ...]; one ciphertext per
@@ -162,6 +167,16 @@ tensorflow::Status DeserializeCipher(const std::shared_ptr<const Context>& conte
 
 // Smallest power of two >= n (n >= 1).
 int64_t NextPow2(int64_t n);
+
+// How far (relative) a ciphertext's scale may drift from the global scale (see the scale invariant above).
+// Drift comes only from the distance of the primes to 2^bits (below 1e-2 for primes of 26 bits or more at
+// N <= 32768); a larger one means misuse (e.g. a scale that does not match the primes), which is refused.
+constexpr double kMaxScaleDrift = 1.0 / 16;
+
+inline bool ScaleWithinDrift(double scale, double global_scale) {
+  const double ratio = scale / global_scale;
+  return ratio > 1.0 - kMaxScaleDrift && ratio < 1.0 + kMaxScaleDrift;
+}
 
 }  // namespace he
 }  // namespace tfppml

@@ -155,17 +155,32 @@ void Guarded(const Context& c, seal::Ciphertext* ct, F f) {
   }
 }
 
-// Scale bookkeeping: after a rescale the scale is global_scale * (global_scale or plain scale) / prime, within
-// 1e-6 of global_scale for the parameters Context accepts; snapping keeps every ciphertext at exactly the
-// global scale so that any two can be added.
-Status SnapScale(const Context& c, seal::Ciphertext* ct) {
-  const double ratio = ct->scale() / c.scale();
-  if (!(std::fabs(ratio - 1.0) < 1e-3)) {
-    return FailedPrecondition("ciphertext scale drifted to 2**", std::log2(ct->scale()), " from the global 2**",
+// Scale bookkeeping (the invariant is described in cipher_tensor.h).  CheckScale: after a ct x ct product the
+// true scale s1 * s2 / prime is kept; it only has to stay near the global scale.
+Status CheckScale(const Context& c, const seal::Ciphertext& ct) {
+  if (!ScaleWithinDrift(ct.scale(), c.scale())) {
+    return FailedPrecondition("ciphertext scale drifted to 2**", std::log2(ct.scale()), " from the global 2**",
                               std::log2(c.scale()), "; global_scale must match the middle primes");
   }
+  return ::tensorflow::OkStatus();
+}
+
+// After a ct x pt product encoded at PlainScale() the scale equals the global scale up to floating-point
+// rounding (~1e-16): set it exactly, so that such results can be added to fresh ciphertexts without snapping.
+Status SnapScale(const Context& c, seal::Ciphertext* ct) {
+  TF_RETURN_IF_ERROR(CheckScale(c, *ct));
   ct->scale() = c.scale();
   return ::tensorflow::OkStatus();
+}
+
+// Two ciphertexts about to be added must have one scale.  At different levels LowerTo matches the scales
+// exactly; at the same level with different scales (two ct x ct results of different histories) both are set
+// to the global scale S, which changes the values by their relative drift s / S - 1 (below ~3e-3 for primes of
+// 27 bits or more).
+void AlignScales(const Context& c, seal::Ciphertext* a, seal::Ciphertext* b) {
+  if (a->scale() == b->scale()) return;
+  a->scale() = c.scale();
+  b->scale() = c.scale();
 }
 
 size_t Level(const Context& c, const seal::Ciphertext& ct) {
@@ -175,6 +190,31 @@ size_t Level(const Context& c, const seal::Ciphertext& ct) {
 // The prime that rescaling a ciphertext at this level divides by.
 double LastPrime(const Context& c, const seal::parms_id_type& parms_id) {
   return static_cast<double>(c.seal_context().get_context_data(parms_id)->parms().coeff_modulus().back().value());
+}
+
+// The scale to encode the plain factor of a ct x pt product at, so that after the rescale the result has
+// exactly the global scale: last prime * S / (the ciphertext's scale).  This also absorbs the drift a
+// preceding ct x ct product left (see cipher_tensor.h), at no cost.
+double PlainScale(const Context& c, const seal::Ciphertext& ct) {
+  return LastPrime(c, ct.parms_id()) * (c.scale() / ct.scale());
+}
+
+// Brings `ct` down to the lower level `target` with exactly the scale `target_scale`: modulus switches down to
+// one level above the target, then a product with the constant 1 encoded at last prime * target_scale /
+// scale, rescaled.  The last step drops the level the modulus switch would have dropped, so the scales of two
+// operands at different levels are matched at no cost in depth (and for ~0.1 ms).
+void LowerTo(const Context& c, seal::Ciphertext* ct, const seal::parms_id_type& target, double target_scale) {
+  const size_t to = c.seal_context().get_context_data(target)->chain_index();
+  while (Level(c, *ct) > to + 1) c.evaluator().mod_switch_to_next_inplace(*ct);
+  if (ct->scale() == target_scale) {
+    c.evaluator().mod_switch_to_next_inplace(*ct);
+    return;
+  }
+  seal::Plaintext one;
+  c.encoder().encode(1.0, ct->parms_id(), LastPrime(c, ct->parms_id()) * (target_scale / ct->scale()), one);
+  Guarded(c, ct, [&] { c.evaluator().multiply_plain_inplace(*ct, one); });
+  c.evaluator().rescale_to_next_inplace(*ct);
+  ct->scale() = target_scale;  // equal up to floating-point rounding (~1e-16)
 }
 
 Status DepthError(const CipherData& a, const std::string& op, int needed) {
@@ -544,11 +584,27 @@ class BinaryOp : public OpKernel {
       const seal::Ciphertext* y = &b->ciphertexts[i];
       seal::Ciphertext switched;
       const size_t la = Level(c, r), lb = Level(c, *y);
+      const bool same_scale = mul || r.scale() == y->scale();  // (a product keeps whatever scales it gets)
       if (la > lb) {
-        c.evaluator().mod_switch_to_inplace(r, y->parms_id());
+        if (same_scale) {
+          c.evaluator().mod_switch_to_inplace(r, y->parms_id());
+        } else {
+          LowerTo(c, &r, y->parms_id(), y->scale());
+        }
       } else if (lb > la) {
-        c.evaluator().mod_switch_to(*y, r.parms_id(), switched);
+        switched = *y;
+        if (same_scale) {
+          c.evaluator().mod_switch_to_inplace(switched, r.parms_id());
+        } else {
+          LowerTo(c, &switched, r.parms_id(), r.scale());
+        }
         y = &switched;
+      }
+      seal::Ciphertext rescaled;
+      if (kind_ != BinaryKind::kMul && r.scale() != y->scale()) {
+        rescaled = *y;
+        AlignScales(c, &r, &rescaled);
+        y = &rescaled;
       }
       switch (kind_) {
         case BinaryKind::kAdd:
@@ -561,7 +617,7 @@ class BinaryOp : public OpKernel {
           Guarded(c, &r, [&] { c.evaluator().multiply_inplace(r, *y); });
           c.evaluator().relinearize_inplace(r, *c.relin_keys());
           c.evaluator().rescale_to_next_inplace(r);
-          return SnapScale(c, &r);
+          return CheckScale(c, r);
       }
       return ::tensorflow::OkStatus();
     }));
@@ -594,7 +650,7 @@ class PlainOp : public OpKernel {
       FillSlots(*a, plain, i, slots, &slot_values);
       seal::Plaintext pt;
       if (kind_ == PlainKind::kMul) {
-        c.encoder().encode(slot_values, r.parms_id(), LastPrime(c, r.parms_id()), pt);
+        c.encoder().encode(slot_values, r.parms_id(), PlainScale(c, r), pt);
         Guarded(c, &r, [&] { c.evaluator().multiply_plain_inplace(r, pt); });
         c.evaluator().rescale_to_next_inplace(r);
         return SnapScale(c, &r);
@@ -647,7 +703,7 @@ class SquareOp : public OpKernel {
       Guarded(c, &r, [&] { c.evaluator().square_inplace(r); });
       c.evaluator().relinearize_inplace(r, *c.relin_keys());
       c.evaluator().rescale_to_next_inplace(r);
-      return SnapScale(c, &r);
+      return CheckScale(c, r);
     }));
     SetCipherOutput(ctx, std::move(out));
   }
@@ -706,7 +762,7 @@ class PolyvalOp : public OpKernel {
         Guarded(c, &x, [&] { c.evaluator().multiply_inplace(x, y); });
         c.evaluator().relinearize_inplace(x, *c.relin_keys());
         c.evaluator().rescale_to_next_inplace(x);
-        Status s = SnapScale(c, &x);
+        Status s = CheckScale(c, x);
         if (!s.ok()) throw std::runtime_error(std::string(s.message()));
         return powers[k] = std::move(x);
       };
@@ -716,7 +772,7 @@ class PolyvalOp : public OpKernel {
         seal::Ciphertext t = power(k);
         if (coeffs[k] != 1.0) {
           seal::Plaintext pt;
-          c.encoder().encode(coeffs[k], t.parms_id(), LastPrime(c, t.parms_id()), pt);
+          c.encoder().encode(coeffs[k], t.parms_id(), PlainScale(c, t), pt);
           Guarded(c, &t, [&] { c.evaluator().multiply_plain_inplace(t, pt); });
           c.evaluator().rescale_to_next_inplace(t);
           TF_RETURN_IF_ERROR(SnapScale(c, &t));
@@ -730,16 +786,19 @@ class PolyvalOp : public OpKernel {
       } else {
         size_t lowest = Level(c, terms[0]);
         seal::parms_id_type target = terms[0].parms_id();
+        double target_scale = terms[0].scale();
         for (const auto& t : terms) {
           if (Level(c, t) < lowest) {
             lowest = Level(c, t);
             target = t.parms_id();
+            target_scale = t.scale();
           }
         }
         r = std::move(terms[0]);
-        if (r.parms_id() != target) c.evaluator().mod_switch_to_inplace(r, target);
+        if (r.parms_id() != target) LowerTo(c, &r, target, target_scale);
         for (size_t t = 1; t < terms.size(); ++t) {
-          if (terms[t].parms_id() != target) c.evaluator().mod_switch_to_inplace(terms[t], target);
+          if (terms[t].parms_id() != target) LowerTo(c, &terms[t], target, target_scale);
+          AlignScales(c, &r, &terms[t]);
           Guarded(c, &r, [&] { c.evaluator().add_inplace(r, terms[t]); });
         }
       }
@@ -880,7 +939,8 @@ class MatMulPlainOp : public OpKernel {
     const int64_t baby = BabySteps(m_pad), giant = m_pad / baby;
     if (m_pad > 1 || d > m_pad) OP_REQUIRES_OK(ctx, NeedGaloisKeys(c, "matmul"));
     const seal::parms_id_type parms_id = a.ciphertexts.front().parms_id();
-    const double plain_scale = LastPrime(c, parms_id);
+    const double in_scale = a.ciphertexts.front().scale();  // one scale per tensor (cipher_tensor.h)
+    const double plain_scale = PlainScale(c, a.ciphertexts.front());
 
     // The pre-rotated diagonals, encoded once for all rows.
     std::vector<seal::Plaintext> diags(m_pad);
@@ -969,7 +1029,7 @@ class MatMulPlainOp : public OpKernel {
       }
       if (first) {  // an all-zero matrix
         c.encryptor().encrypt_zero(parms_id, acc);
-        acc.scale() = c.scale() * plain_scale;
+        acc.scale() = in_scale * plain_scale;
       }
       c.evaluator().rescale_to_next_inplace(acc);
       TF_RETURN_IF_ERROR(SnapScale(c, &acc));
@@ -983,9 +1043,19 @@ class MatMulPlainOp : public OpKernel {
     SetCipherOutput(ctx, std::move(out));
   }
 
-  // Batch layout: feature ciphertexts; out[g, i] = sum_t W[t, i] * in[g, t], computed per RNS prime as
-  // multiply-adds of the ciphertext words by the integer round(W[t, i] * q_last) (Shoup multiplication with
-  // lazy reduction), then one rescale.
+  // Batch layout: feature ciphertexts; out[g, i] = sum_t W[t, i] * in[g, t].  Per RNS prime the ciphertext words
+  // (NTT form) are multiplied by the integer round(W[t, i] * plain scale) and summed exactly in 128-bit
+  // accumulators, reduced once per kReducePeriod inputs; each output is then rescaled once.  The work is tiled:
+  // a task owns kTile coefficients of one (poly, prime) row for a block of kOutBlock outputs, so each tile of an
+  // input ciphertext is read once per block while the block's accumulators (16 KB) stay in L1.  (Going output
+  // by output re-read all n input ciphertexts from memory for every output and left the kernel memory-bound:
+  // ~3x slower for a 784x128 layer.)  Zero weights are skipped, so a lowered convolution costs only its taps.
+  static constexpr int64_t kOutBlock = 16;
+  static constexpr size_t kTile = 64;
+  // Products are < q^2 < 2^120 (SEAL primes have at most 60 bits) and a reduced accumulator is < q, so 255
+  // products fit into 128 bits; 128 keeps a margin.
+  static constexpr int64_t kReducePeriod = 128;
+
   void BatchLayout(OpKernelContext* ctx, const CipherData& a, const double* w, int64_t n, int64_t m) {
     const Context& c = *a.context;
     const seal::parms_id_type parms_id = a.ciphertexts.front().parms_id();
@@ -993,7 +1063,9 @@ class MatMulPlainOp : public OpKernel {
     const auto& moduli = context_data.parms().coeff_modulus();
     const size_t limbs = moduli.size();
     const size_t degree = context_data.parms().poly_modulus_degree();
-    const double plain_scale = static_cast<double>(moduli.back().value());
+    // Weights as integers at the last prime's scale, corrected for a drifted input scale (PlainScale).
+    const double in_scale = a.ciphertexts.front().scale();
+    const double plain_scale = PlainScale(c, a.ciphertexts.front());
     const int64_t groups = a.features() / n;
     for (int64_t t = 0; t < n * m; ++t) {
       OP_REQUIRES(ctx, std::fabs(w[t]) * plain_scale < 0x1p62,
@@ -1001,21 +1073,33 @@ class MatMulPlainOp : public OpKernel {
                                   "this scale (|w| * 2**", std::log2(plain_scale), " must stay below 2**62)"));
     }
 
-    // Integer weights per prime, with Shoup precomputation.
-    std::vector<seal::util::MultiplyUIntModOperand> wq(static_cast<size_t>(n * m) * limbs);
+    // Integer weights per prime (residues in [0, q)).
+    std::vector<uint64_t> wq(static_cast<size_t>(n * m) * limbs);
     std::vector<char> wz(static_cast<size_t>(n * m), 0);
     for (int64_t t = 0; t < n * m; ++t) {
       const double scaled = std::round(w[t] * plain_scale);
       wz[t] = scaled == 0.0;
       const bool negative = scaled < 0;
-      const uint64_t mag = static_cast<uint64_t>(std::fabs(scaled));  // < 2^60 * 1e6 / ... checked above
+      const uint64_t mag = static_cast<uint64_t>(std::fabs(scaled));  // < 2^62, checked above
       for (size_t l = 0; l < limbs; ++l) {
         const uint64_t q = moduli[l].value();
         uint64_t v = mag % q;
         if (negative && v != 0) v = q - v;
-        wq[t * limbs + l].set(v, moduli[l]);
+        wq[t * limbs + l] = v;
       }
     }
+    // The nonzero weights of each output block, ordered by input: (input t, output within the block).
+    const int64_t blocks = (m + kOutBlock - 1) / kOutBlock;
+    std::vector<std::vector<std::pair<int32_t, int32_t>>> entries(blocks);
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t width = std::min<int64_t>(kOutBlock, m - blk * kOutBlock);
+      for (int64_t t = 0; t < n; ++t) {
+        for (int64_t o = 0; o < width; ++o) {
+          if (!wz[t * m + blk * kOutBlock + o]) entries[blk].emplace_back(static_cast<int32_t>(t), o);
+        }
+      }
+    }
+
     auto out = std::make_shared<CipherData>();
     out->context = a.context;
     out->layout = Layout::kBatch;
@@ -1023,37 +1107,57 @@ class MatMulPlainOp : public OpKernel {
     out->shape.back() = m;
     out->ciphertexts.resize(groups * m);
     OP_REQUIRES_OK(ctx, ParallelSeal(ctx, groups * m, "matmul", [&](int64_t task) {
-      const int64_t g = task / m, i = task % m;
-      seal::Ciphertext& r = out->ciphertexts[task];
-      r = a.ciphertexts[g * n];  // takes parms_id, size 2 and NTT form
-      uint64_t* acc = r.data();
-      const size_t words = 2 * limbs * degree;
-      std::fill(acc, acc + words, uint64_t{0});
-      for (int64_t t = 0; t < n; ++t) {
-        if (wz[t * m + i]) continue;
-        const uint64_t* x = a.ciphertexts[g * n + t].data();
-        for (size_t poly = 0; poly < 2; ++poly) {
-          for (size_t l = 0; l < limbs; ++l) {
-            const auto& op = wq[(t * m + i) * limbs + l];
-            const uint64_t q = moduli[l].value(), two_q = 2 * q;
-            uint64_t* dst = acc + (poly * limbs + l) * degree;
-            const uint64_t* src = x + (poly * limbs + l) * degree;
-            for (size_t k = 0; k < degree; ++k) {
-              uint64_t v = dst[k] + seal::util::multiply_uint_mod_lazy(src[k], op, moduli[l]);
-              dst[k] = v >= two_q ? v - two_q : v;
+      out->ciphertexts[task] = a.ciphertexts[(task / m) * n];  // takes parms_id, size 2 and NTT form
+      return ::tensorflow::OkStatus();
+    }));
+    const size_t rows = 2 * limbs, tiles = degree / kTile;
+    const int64_t tasks = groups * blocks * static_cast<int64_t>(rows * tiles);
+    using u128 = unsigned __int128;
+    OP_REQUIRES_OK(ctx, ParallelSeal(ctx, tasks, "matmul", [&](int64_t task) {
+      const size_t tile = task % tiles;
+      int64_t rest = task / static_cast<int64_t>(tiles);
+      const size_t row = rest % rows;  // poly * limbs + prime
+      rest /= static_cast<int64_t>(rows);
+      const int64_t blk = rest % blocks, g = rest / blocks;
+      const size_t l = row % limbs;
+      const seal::Modulus& q = moduli[l];
+      const size_t offset = row * degree + tile * kTile;
+      u128 acc[kOutBlock][kTile] = {};
+      auto reduce = [&](u128& v) {
+        const uint64_t parts[2] = {static_cast<uint64_t>(v), static_cast<uint64_t>(v >> 64)};
+        v = seal::util::barrett_reduce_128(parts, q);
+      };
+      int64_t last_t = -1, since_reduce = 0;
+      const uint64_t* x = nullptr;
+      for (const auto& [t, o] : entries[blk]) {
+        if (t != last_t) {
+          last_t = t;
+          if (++since_reduce > kReducePeriod) {
+            for (auto& lane : acc) {
+              for (auto& v : lane) reduce(v);
             }
+            since_reduce = 1;
           }
+          x = a.ciphertexts[g * n + t].data() + offset;
+        }
+        const uint64_t wv = wq[(static_cast<size_t>(t) * m + blk * kOutBlock + o) * limbs + l];
+        u128* lane = acc[o];
+        for (size_t k = 0; k < kTile; ++k) lane[k] += static_cast<u128>(x[k]) * wv;
+      }
+      const int64_t width = std::min<int64_t>(kOutBlock, m - blk * kOutBlock);
+      for (int64_t o = 0; o < width; ++o) {
+        uint64_t* dst = out->ciphertexts[g * m + blk * kOutBlock + o].data() + offset;
+        for (size_t k = 0; k < kTile; ++k) {
+          reduce(acc[o][k]);
+          dst[k] = static_cast<uint64_t>(acc[o][k]);
         }
       }
-      for (size_t poly = 0; poly < 2; ++poly) {
-        for (size_t l = 0; l < limbs; ++l) {
-          const uint64_t q = moduli[l].value();
-          uint64_t* dst = acc + (poly * limbs + l) * degree;
-          for (size_t k = 0; k < degree; ++k) dst[k] = dst[k] >= q ? dst[k] - q : dst[k];
-        }
-      }
-      r.scale() = c.scale() * plain_scale;
-      if (r.is_transparent()) {
+      return ::tensorflow::OkStatus();
+    }));
+    OP_REQUIRES_OK(ctx, ParallelSeal(ctx, groups * m, "matmul", [&](int64_t task) {
+      seal::Ciphertext& r = out->ciphertexts[task];
+      r.scale() = in_scale * plain_scale;
+      if (r.is_transparent()) {  // an all-zero column
         seal::Ciphertext zero;
         c.encryptor().encrypt_zero(parms_id, zero);
         zero.scale() = r.scale();

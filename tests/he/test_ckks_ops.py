@@ -146,3 +146,35 @@ def test_works_under_tf_function(ctx):
     a = ctx.encrypt(x)
     close(ctx.decrypt(program(a)), (x * x + 1.0) @ w)
     close(ctx.decrypt(program(ctx.encrypt(x + 1))), ((x + 1) ** 2 + 1.0) @ w)
+
+
+@pytest.fixture(scope="module")
+def ctx27() -> he.CKKSContext:
+    """Depth 5 at N=8192 as compile_model picks it: 27-bit primes, which lie up to ~3e-3 below 2**27."""
+    return he.CKKSContext(8192, [38, 27, 27, 27, 27, 27, 45], 2.0**27, galois_steps=[1, 2, 3, 4])
+
+
+def test_small_primes_products_keep_full_precision(ctx27):
+    # A ct x ct product rescaled by a 27-bit prime q has scale S^2 / q, up to ~3e-3 away from S; snapping it to
+    # S would leave that relative error in the value.  The kernels keep the true scale and the next plain
+    # product absorbs it, so a chain of products stays at CKKS-noise precision (~1e-4 here).
+    rng = np.random.default_rng(6)
+    x, w = rng.uniform(-1.5, 1.5, size=(3, 8)), rng.uniform(-1, 1, size=(8, 8))
+    want = (((x * x) @ w) ** 2 * 0.5 + 1.0) @ w
+    a = ctx27.encrypt(x, "batch")
+    got = ctx27.decrypt(((a.square() @ w).square() * 0.5 + 1.0) @ w)
+    assert np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want))) < 5e-4
+    got = ctx27.decrypt(((ctx27.encrypt(x).square() @ w).square() * 0.5 + 1.0) @ w)  # vector layout: rotations
+    assert np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want))) < 5e-4
+    sq = a * a
+    close(ctx27.decrypt(sq), x * x)
+    close(ctx27.decrypt(sq + a), x * x + x)  # two scales meet: both snapped to the global scale
+    coeffs = [0.5, 0.25, 0.1, 0.05]
+    close(ctx27.decrypt(a.polyval(coeffs)), np.polynomial.polynomial.polyval(x, coeffs))
+
+
+def test_drifted_scale_survives_serialization(ctx27):
+    x = np.linspace(-2, 2, 8)
+    sq = ctx27.encrypt(x).square()
+    again = ctx27.deserialize_cipher(sq.serialize())
+    close(ctx27.decrypt(again @ np.eye(8)), x * x)

@@ -28,7 +28,7 @@ from tfppml.he.errors import (
     MissingKeyError,
     SealUnavailableError,
 )
-from tfppml.he.model import RELU2, SIGMOID3, HEModel, Polynomial, compile_model, square
+from tfppml.he.model import RELU2, SIGMOID3, HEModel, Polynomial, compile_model, register_converter, square
 
 __all__ = [
     "CKKSContext",
@@ -45,5 +45,6 @@ __all__ = [
     "SealUnavailableError",
     "compile_model",
     "poly_depth",
+    "register_converter",
     "square",
 ]
