@@ -9,6 +9,15 @@ Examples:
     python scripts/federated_train.py --secure --partition dirichlet:0.5
     python scripts/federated_train.py --dp-noise 1.0 --secure
     python scripts/federated_train.py --algorithm reptile --secure --server-lr 0.5
+    python scripts/federated_train.py --secure --remote-worker spawn            # TFF in a 2nd process
+    python scripts/federated_train.py --secure --remote-worker 10.0.0.5:8000    # worker started there with
+                                                  # python -m tfppml.federated.remote --port 8000
+
+Remote execution (--remote-worker): every TFF computation of a round runs in a separate worker_binary
+process reached over gRPC; the driver (this script) keeps sampling, the secure-aggregation key exchange and
+evaluation.  TFF's executor service uses insecure channels: plaintext, unauthenticated gRPC, and the worker
+listens on every interface; anyone who can reach its port can run computations and read the clients' updates
+and mask material.  Use it only inside a trusted network (loopback, a private network, an SSH tunnel).
 """
 
 from __future__ import annotations
@@ -34,7 +43,11 @@ def _positive_int(text: str) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__[__doc__.index("Remote execution") :],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--clients", type=_positive_int, default=20, help="simulated clients (default 20)")
     p.add_argument("--rounds", type=_positive_int, default=15, help="training rounds (default 15)")
     p.add_argument("--clients-per-round", type=_positive_int, default=10, help="clients sampled per round")
@@ -51,12 +64,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=_positive_int, default=20)
     p.add_argument("--dropout", type=float, default=0.0, help="fraction of each round's clients that drop out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--remote-worker",
+        default=None,
+        metavar="HOST:PORT|spawn",
+        help="run TFF's computations on the worker_binary at HOST:PORT (start one there with `python -m "
+        "tfppml.federated.remote --port PORT`), or `spawn` one on loopback for this run. INSECURE: plaintext, "
+        "unauthenticated gRPC; trusted networks only. TFF 0.87 runs a whole round on one worker.",
+    )
     p.add_argument("--out", default="federated_out", help="directory for metrics.csv and metrics.png")
     args = p.parse_args(argv)
     if args.clients_per_round > args.clients:
         p.error(f"--clients-per-round must be <= --clients ({args.clients}), got {args.clients_per_round}")
     if args.dp_noise is not None and args.algorithm != "fedavg":
         p.error("--dp-noise is supported with --algorithm fedavg only")
+    if args.remote_worker not in (None, "spawn"):
+        host, sep, port = args.remote_worker.rpartition(":")
+        if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            p.error(f"--remote-worker must be HOST:PORT (port 1..65535) or 'spawn', got {args.remote_worker!r}")
     return args
 
 
@@ -83,12 +108,33 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     install_worker_reaper()  # before TFF starts its worker_binary
 
+    from tfppml.federated import data as fdata
+
+    fdata.parse_partition(args.partition)  # fail early on a malformed --partition
+    worker = None
+    if args.remote_worker is not None:
+        from tfppml.federated import remote
+
+        if args.remote_worker == "spawn":
+            worker = remote.start_remote_worker()  # stopped below; reaped at exit if this script is killed
+            address = worker.address
+        else:
+            address = args.remote_worker
+        remote.set_remote_worker(address)
+        print(f"TFF computations run on the worker at {address} (insecure gRPC)", flush=True)
+    try:
+        return _train(args)
+    finally:
+        if worker is not None:
+            worker.stop()
+
+
+def _train(args) -> int:
     from tqdm import tqdm
 
     from tfppml.federated import data as fdata
     from tfppml.federated.learning import FederatedTrainer
 
-    fdata.parse_partition(args.partition)  # fail early on a malformed --partition
     (x, y), (xt, yt) = fdata.load(args.dataset, seed=args.seed)
     parts = fdata.partition(y, args.clients, args.partition, seed=args.seed)
     cds = fdata.client_datasets(x, y, parts, batch_size=args.batch_size)

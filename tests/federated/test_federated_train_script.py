@@ -62,6 +62,16 @@ def test_script_trains_writes_csv_and_png_and_leaves_no_worker(tmp_path):
 
 
 @pytest.mark.slow
+def test_script_on_a_spawned_loopback_worker_leaves_no_worker(tmp_path):
+    code, output, seen, leftover = _run(
+        tmp_path, ["--rounds", "1", "--clients", "6", "--clients-per-round", "3", "--secure", "--remote-worker", "spawn"]
+    )
+    assert code == 0, output
+    assert "TFF computations run on the worker at localhost:" in output and "insecure gRPC" in output
+    assert seen and leftover == []
+
+
+@pytest.mark.slow
 def test_script_killed_by_sigterm_leaves_no_worker(tmp_path):
     code, output, seen, leftover = _run(tmp_path, ["--rounds", "50"], terminate_after_workers=True)
     assert seen and leftover == [], output
@@ -77,3 +87,15 @@ def test_script_rejects_bad_arguments(tmp_path):
     )
     assert proc.returncode == 2
     assert "--clients-per-round must be <= --clients (3), got 5" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "federated_train.py"), "--remote-worker", "localhost"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "--remote-worker must be HOST:PORT (port 1..65535) or 'spawn', got 'localhost'" in proc.stderr
+    help_text = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "federated_train.py"), "--help"], capture_output=True, text=True, cwd=ROOT
+    ).stdout
+    assert "TFF's executor service uses insecure channels" in help_text

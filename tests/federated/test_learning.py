@@ -29,7 +29,11 @@ def _train(digits, rounds=3, **kwargs):
 
 def test_secure_fedavg_matches_plain_fedavg(digits):
     plain, _, (plain_loss, plain_acc) = _train(digits)
-    secure, hist, (loss, acc) = _train(digits, secure=True)
+    # With the next round's key exchange overlapped in the helper process (the other secure tests run it inline).
+    secure, hist, (loss, acc) = _train(digits, secure=True, overlap_key_exchange=True)
+    helper = secure._helper._proc
+    secure.close()
+    assert helper.poll() is not None, "the key-exchange helper outlived close()"
     assert acc == plain_acc and acc > 0.5
     assert abs(loss - plain_loss) < 1e-4
     for a, b in zip(plain.model_weights().trainable, secure.model_weights().trainable):

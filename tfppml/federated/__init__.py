@@ -22,6 +22,8 @@ _LAZY = {
     "build_reptile": "tfppml.federated.learning",
     "build_secure_fed_avg": "tfppml.federated.learning",
     "dp_epsilon": "tfppml.federated.learning",
+    "start_remote_worker": "tfppml.federated.remote",
+    "use_remote_worker": "tfppml.federated.remote",
 }
 
 __all__ = ["SecAggClient", "SecAggConfig", "SecAggServer", "secure_sum", *_LAZY]

@@ -5,11 +5,11 @@ Builders (each returns a ``tff.learning.templates.LearningProcess``):
 * :func:`build_secure_fed_avg`: weighted FedAvg whose model updates are summed by
   :class:`~tfppml.federated.tff_secure_agg.SecureAggregationFactory`.  Same arguments as
   ``tff.learning.algorithms.build_weighted_fed_avg`` plus the secure-aggregation ones; the client data of
-  ``next`` is ``OrderedDict(data=<dataset>, secagg=<one-element dataset of mask material>)`` (see
-  :func:`secure_client_data`).  Why it is not ``build_weighted_fed_avg(model_aggregator=...)``: that builder
-  creates the aggregator for the bare update type and its client work cannot emit the mask material (see
-  :mod:`tfppml.federated.tff_secure_agg`), so this one composes TFF's own client work, distributor and
-  finalizer with a client work that forwards the material beside the update.
+  ``next`` is ``OrderedDict(data=<dataset>, secagg=<mask material>)`` (see :func:`secure_client_data`).  Why it
+  is not ``build_weighted_fed_avg(model_aggregator=...)``: that builder creates the aggregator for the bare
+  update type and its client work cannot emit the mask material (see :mod:`tfppml.federated.tff_secure_agg`),
+  so this one composes TFF's own client work, distributor and finalizer and zips each client's material
+  with its update before the aggregator (see ``_compose``).
 * :func:`build_dp_fed_avg`: DP-FedAvg (uniform client weighting, L2 clipping at the clients, Gaussian noise on
   the sum at the server) with TFF's ``DifferentiallyPrivateFactory``; with ``secure=True`` the noised sum is
   a secure sum.  :func:`dp_epsilon` reports the user-level epsilon after each round with
@@ -32,9 +32,15 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import collections
 import math
 import numbers
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
 from typing import Callable, Sequence
 
 import numpy as np
@@ -46,6 +52,7 @@ from tensorflow_federated.python.learning.templates import model_delta_client_wo
 
 from tfppml.dp.accounting import compute_epsilon
 from tfppml.federated import tff_secure_agg as tsa
+from tfppml.federated.secure_agg import mask_materials
 
 __all__ = [
     "ALGORITHMS",
@@ -65,48 +72,10 @@ def _sgd(lr: float) -> tff.learning.optimizers.Optimizer:
 
 
 def secure_client_data(dataset: tf.data.Dataset, material: dict) -> collections.OrderedDict:
-    """One client's input to a secure process: its dataset and its mask material as a one-element dataset.
-
-    The material travels as a dataset because a TFF learning process accepts only (structures of) sequences
-    as client data.
-    """
+    """One client's input to a secure process: its dataset and its mask material (a plain structure)."""
     names = [name for name, _ in tff.structure.iter_elements(tsa.material_type(1))]
     ordered = collections.OrderedDict((name, material[name]) for name in names)  # TFF refuses plain dicts here
-    return collections.OrderedDict(data=dataset, secagg=tf.data.Dataset.from_tensors(ordered))
-
-
-def _with_material(inner: tff.learning.templates.ClientWorkProcess, num_clients: int):
-    """Wraps a client work process: client data gains a ``secagg`` field, forwarded beside the update."""
-    state_type = inner.initialize.type_signature.result
-    weights_type, data_type = inner.next.type_signature.parameter[1], inner.next.type_signature.parameter[2]
-    mat_type = tsa.material_type(num_clients)
-    client_data_type = tff.StructWithPythonType(
-        [("data", data_type.member), ("secagg", tff.SequenceType(mat_type))], collections.OrderedDict
-    )
-
-    @tff.tensorflow.computation(tff.SequenceType(mat_type))
-    def first_material(ds):
-        spec = tff.types.type_to_tf_tensor_specs(mat_type)
-        zero = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), spec)
-        return ds.reduce(zero, lambda _, x: x)
-
-    result_type = inner.next.type_signature.result.result.member
-
-    @tff.tensorflow.computation(result_type, mat_type)
-    def attach(result, material):
-        update = collections.OrderedDict(update=result.update, secagg=material)
-        return tff.learning.templates.ClientResult(update=update, update_weight=result.update_weight)
-
-    @tff.federated_computation(state_type, weights_type, tff.FederatedType(client_data_type, tff.CLIENTS))
-    def next_fn(state, weights, client_data):
-        out = inner.next(state, weights, client_data.data)
-        material = tff.federated_map(first_material, client_data.secagg)
-        result = tff.federated_map(attach, (out.result, material))
-        return tff.templates.MeasuredProcessOutput(out.state, result, out.measurements)
-
-    return tff.learning.templates.ClientWorkProcess(
-        inner.initialize, next_fn, get_hparams_fn=inner.get_hparams, set_hparams_fn=inner.set_hparams
-    )
+    return collections.OrderedDict(data=dataset, secagg=ordered)
 
 
 def _as_weighted(process: tff.templates.AggregationProcess) -> tff.templates.AggregationProcess:
@@ -122,26 +91,69 @@ def _as_weighted(process: tff.templates.AggregationProcess) -> tff.templates.Agg
 
 
 def _compose(model_fn, client_optimizer, server_optimizer, aggregator_for, weighting, secure_slots):
+    """The FedAvg learning process from TFF's parts, with mask material beside each client's dataset.
+
+    Why not ``tff.learning.templates.compose_learning_process``: it requires every client input to be a
+    sequence, so the material would have to travel as a one-element dataset per client, and inside TFF's
+    worker_binary each such dataset costs a dataset instantiation and a reduce per client per round (the
+    largest share of the secure round's overhead in a profile at 100 clients).  This composition takes the
+    material as a plain CLIENTS-placed value and zips it with the client work's update (a structural
+    intrinsic, no TensorFlow call).  The steps, the state (``LearningAlgorithmState``) and the metrics
+    (``distributor``, ``client_work``, ``aggregator``, ``finalizer``) are the ones the TFF composer builds.
+    """
+
     @tff.tensorflow.computation()
     def initial_weights():
         return tff.learning.models.ModelWeights.from_model(model_fn())
 
     weights_type = initial_weights.type_signature.result
-    update_type = weights_type.trainable
     client_work = model_delta_client_work.build_model_delta_client_work(
         model_fn=model_fn, optimizer=client_optimizer, client_weighting=weighting
     )
-    if secure_slots:
-        client_work = _with_material(client_work, secure_slots)
-        update_type = tsa.secure_value_type(update_type, secure_slots)
-    aggregator = aggregator_for(update_type)
-    return tff.learning.templates.compose_learning_process(
-        initial_weights,
-        tff.learning.templates.build_broadcast_process(weights_type),
-        client_work,
-        aggregator,
-        tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
+    distributor = tff.learning.templates.build_broadcast_process(weights_type)
+    finalizer = tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type)
+    aggregator = aggregator_for(tsa.secure_value_type(weights_type.trainable, secure_slots))
+    data_type = client_work.next.type_signature.parameter[2].member
+    client_data_type = tff.StructWithPythonType(
+        [("data", data_type), ("secagg", tsa.material_type(secure_slots))], collections.OrderedDict
     )
+    state_cls = tff.learning.templates.LearningAlgorithmState
+
+    @tff.federated_computation()
+    def init_fn():
+        weights = tff.federated_eval(initial_weights, tff.SERVER)
+        parts = (distributor.initialize(), client_work.initialize(), aggregator.initialize(), finalizer.initialize())
+        return tff.federated_zip(state_cls(weights, *parts))
+
+    @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(client_data_type, tff.CLIENTS))
+    def next_fn(state, client_data):
+        dist = distributor.next(state.distributor, state.global_model_weights)
+        work = client_work.next(state.client_work, dist.result, client_data.data)
+        value = tff.federated_zip(collections.OrderedDict(update=work.result.update, secagg=client_data.secagg))
+        agg = aggregator.next(state.aggregator, value, work.result.update_weight)
+        fin = finalizer.next(state.finalizer, state.global_model_weights, agg.result)
+        new_state = tff.federated_zip(state_cls(fin.result, dist.state, work.state, agg.state, fin.state))
+        metrics = tff.federated_zip(
+            collections.OrderedDict(
+                distributor=dist.measurements,
+                client_work=work.measurements,
+                aggregator=agg.measurements,
+                finalizer=fin.measurements,
+            )
+        )
+        return tff.learning.templates.LearningProcessOutput(new_state, metrics)
+
+    state_type = init_fn.type_signature.result.member
+
+    @tff.tensorflow.computation(state_type)
+    def get_model_weights(state):
+        return state.global_model_weights
+
+    @tff.tensorflow.computation(state_type, state_type.global_model_weights)
+    def set_model_weights(state, weights):
+        return state_cls(weights, state.distributor, state.client_work, state.aggregator, state.finalizer)
+
+    return tff.learning.templates.LearningProcess(init_fn, next_fn, get_model_weights, set_model_weights)
 
 
 def build_secure_fed_avg(
@@ -284,6 +296,48 @@ def dp_epsilon(rounds: int, num_clients: int, clients_per_round: int, noise_mult
     return compute_epsilon(num_clients, clients_per_round, noise_multiplier, rounds, delta, poisson=False)
 
 
+class _KeyExchangeHelper:
+    """One ``python -m tfppml.federated._key_exchange`` process: submit an exchange, later take its result."""
+
+    def __init__(self):
+        env = dict(os.environ)
+        root = str(pathlib.Path(__file__).resolve().parents[2])  # the directory holding the tfppml package
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tfppml.federated._key_exchange"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
+        atexit.register(self.close)
+
+    def submit(self, args: tuple) -> None:
+        pickle.dump(args, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self._proc.stdin.flush()
+
+    def result(self) -> list[dict]:
+        try:
+            status, value = pickle.load(self._proc.stdout)
+        except EOFError as err:
+            raise RuntimeError(
+                f"the key-exchange helper process (pid {self._proc.pid}) exited with code {self._proc.poll()}"
+            ) from err
+        if status == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()  # the helper reads end-of-file and exits
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            if not pipe.closed:
+                pipe.close()
+        atexit.unregister(self.close)
+
+
 class FederatedTrainer:
     """Runs one learning process round by round over simulated clients.
 
@@ -301,7 +355,17 @@ class FederatedTrainer:
             simulates mid-round dropouts).
         max_dropout_fraction: Tolerance of the secure aggregation.
         seed: Seed of client sampling and dropout simulation.
-
+        overlap_key_exchange: With `secure`, run the next round's key exchange (protocol rounds 0-1, Python
+            and OpenSSL: X25519, Shamir, AES-GCM) in a helper process while TFF's worker_binary runs this
+            round.  It depends only on the slot count and the round id, not on which clients are sampled, so
+            it can start early; every round still gets fresh keys bound to its own round id, and the material
+            reaches only the clients' TFF values, as without overlap.  A process, not a thread: in a thread
+            the pure-Python Shamir and message handling contend for the GIL with TFF's own Python (value
+            serialisation), which measured slower than no overlap at all.  Round times then measure the steady
+            state, the key exchange hidden as far as a free core allows (the first round pays it in full).
+            The helper is ``python -m tfppml.federated._key_exchange`` talking over two pipes; call
+            :meth:`close` (or use the trainer as a context manager) to stop it early; it is also stopped at
+            interpreter exit, and exits by itself when this process dies (its stdin closes).
     Raises:
         ValueError: an argument is out of range (the message names it).
     """
@@ -323,6 +387,7 @@ class FederatedTrainer:
         dropout: float = 0.0,
         max_dropout_fraction: float = 0.3,
         seed: int = 0,
+        overlap_key_exchange: bool = False,
     ):
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
@@ -360,6 +425,9 @@ class FederatedTrainer:
         else:
             self.process = tff.learning.algorithms.build_weighted_fed_avg(model_fn, _sgd(client_lr), _sgd(server_lr))
         self.threshold = None
+        self.overlap_key_exchange = bool(overlap_key_exchange)
+        self._pending: tuple[int, _KeyExchangeHelper] | None = None
+        self._helper: _KeyExchangeHelper | None = None
         if secure:
             self.threshold = tsa.SecureSumFactory(self.slots, max_dropout_fraction).threshold
         self.state = self.process.initialize()
@@ -382,7 +450,7 @@ class FederatedTrainer:
         extra = {"clients": len(picked)}
         if self.secure:
             # The k-th sampled client takes slot k of this round's key exchange.
-            materials = tsa.prepare_round(self.slots, self.threshold, range(len(picked)), round_id=self.round)
+            materials = self._materials(self.round)
             drop = int(math.floor(self.dropout * len(picked)))
             dropped = set(self.rng.choice(len(picked), drop, replace=False).tolist()) if drop else set()
             data = [
@@ -397,6 +465,37 @@ class FederatedTrainer:
         self.round += 1
         train = out.metrics["client_work"]["train"]
         return {"loss": float(train["loss"]), "accuracy": float(train["sparse_categorical_accuracy"]), **extra, **self._epsilon()}
+
+    def _key_exchange_args(self, round_id: int) -> tuple:
+        return (self.slots, self.threshold, list(range(self.clients_per_round)), round_id)
+
+    def _materials(self, round_id: int) -> list[dict]:
+        """This round's mask material (from the helper process if its exchange was started there)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == round_id:
+            materials = pending[1].result()  # blocks if the helper has not finished
+        else:  # first round, overlap off, or the previous round failed and is being run again
+            materials = tsa.prepare_round(
+                self.slots, self.threshold, range(self.clients_per_round), round_id=round_id
+            )
+        if self.overlap_key_exchange:
+            if self._helper is None:
+                self._helper = _KeyExchangeHelper()
+            self._helper.submit(self._key_exchange_args(round_id + 1))
+            self._pending = (round_id + 1, self._helper)
+        return materials
+
+    def close(self) -> None:
+        """Stops the key-exchange helper process, if one was started (idempotent)."""
+        helper, self._helper, self._pending = self._helper, None, None
+        if helper is not None:
+            helper.close()
+
+    def __enter__(self) -> "FederatedTrainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _epsilon(self) -> dict:
         if self.dp_noise is None:

@@ -75,6 +75,7 @@ __all__ = [
     "UnmaskingShares",
     "chunk_shares",
     "dequantize",
+    "mask_materials",
     "quantize",
     "secure_sum",
     "shamir_reconstruct",
@@ -670,6 +671,28 @@ class SecAggServer:
                 key = _pair_mask_key(s_v, self._roster[u].mask_public, cfg.round_id, v, u)
                 total = total - _signed_pair_mask(u, v, _expand(key, cfg.vector_size))
         return total
+
+
+def mask_materials(
+    num_clients: int, threshold: int, participants: Sequence[int], round_id: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """Runs rounds 0-1 among `participants` and returns each one's :meth:`SecAggClient.mask_material`.
+
+    The key-exchange half of the protocol for the TFF factories (see
+    :func:`tfppml.federated.tff_secure_agg.prepare_round`, which checks the arguments and calls this).  It
+    needs no TensorFlow Federated, so a driver can run it in another process.
+
+    Raises:
+        ProtocolError: fewer than `threshold` participants.
+    """
+    cfg = SecAggConfig(num_clients, threshold, 1, round_id=round_id)
+    clients = [SecAggClient(i, cfg) for i in participants]
+    server = SecAggServer(cfg)
+    roster = server.collect_keys([c.advertise_keys() for c in clients])
+    inbox = server.route_shares({c.id: c.share_keys(roster) for c in clients})
+    for c in clients:
+        c.receive_shares(inbox[c.id])
+    return [c.mask_material(server.senders) for c in clients]
 
 
 def secure_sum(

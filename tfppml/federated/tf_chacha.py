@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import tensorflow as tf
 
 __all__ = ["tf_chacha20_uniform"]
@@ -61,6 +63,17 @@ def tf_chacha20_uniform(keys: tf.Tensor, size: int) -> tf.Tensor:
         raise ValueError(f"tf_chacha20_uniform: argument `keys` must have shape [k, 4], got {keys.shape}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ValueError(f"tf_chacha20_uniform: argument `size` must be an int >= 0, got {size!r}")
+    return _compiled(size)(keys)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(size: int):
+    # One traced function per output size; XLA compiles it once per distinct number of keys at run time.
+    spec = tf.TensorSpec([None, 4], tf.uint64)
+    return tf.function(lambda keys: _keystream(keys, size), input_signature=[spec], jit_compile=True)
+
+
+def _keystream(keys: tf.Tensor, size: int) -> tf.Tensor:
     blocks = max(1, -(-size // 8))
     k = tf.shape(keys)[0]
     lo = tf.cast(tf.bitwise.bitwise_and(keys, tf.constant(0xFFFFFFFF, tf.uint64)), tf.uint32)

@@ -52,16 +52,18 @@ Honesty caveats (read these):
 * **Threat model**: honest-but-curious server and clients, as in :mod:`tfppml.federated.secure_agg`.  No
   signatures or consistency round: a malicious server that lies about U3 is out of scope.
 * **Key exchange is outside TFF**: rounds 0-1 run in the Python driver each round; the public keys and
-  ciphertexts pass through :class:`SecAggServer` in that process, not through a TFF intrinsic.
+  ciphertexts pass through :class:`SecAggServer` in that process (or, with
+  :class:`~tfppml.federated.FederatedTrainer`'s ``overlap_key_exchange``, in one helper process it starts),
+  not through a TFF intrinsic.
 
 Which TFF builder takes these factories
 ---------------------------------------
 ``tff.learning.algorithms.build_weighted_fed_avg(model_aggregator=...)`` cannot: it creates the aggregator
 for the bare model-update type and insists that the aggregator's input and output types match, and its client
 work has no way to emit the mask material.  :func:`tfppml.federated.build_secure_fed_avg` therefore builds
-the same process from TFF's own parts (``tff.learning.templates.compose_learning_process``, TFF's model-delta
-client work and optimizer finalizer) with a client work that forwards each client's mask material beside its
-update; it takes the same arguments as ``build_weighted_fed_avg``.
+the same process from TFF's own parts (TFF's broadcast, model-delta client work and optimizer finalizer,
+composed as ``tff.learning.templates.compose_learning_process`` composes them) and zips each client's mask
+material with its update before the aggregator; it takes the same arguments as ``build_weighted_fed_avg``.
 
 DP composes as TFF's ``DifferentiallyPrivateFactory`` (outer) around :class:`SecureSumFactory` (inner),
 through :class:`MaskedRecordQuery`, a DP query that applies TFF/TF Privacy's query (clipping at the clients,
@@ -92,7 +94,7 @@ import tensorflow_federated as tff
 import tensorflow_privacy as tfp
 
 from tfppml.errors import ProtocolError
-from tfppml.federated.secure_agg import CHUNK_PRIME, SEED_CHUNKS, SecAggClient, SecAggConfig, SecAggServer
+from tfppml.federated.secure_agg import CHUNK_PRIME, SEED_CHUNKS, SecAggConfig, mask_materials
 from tfppml.federated.tf_chacha import tf_chacha20_uniform
 
 __all__ = [
@@ -141,14 +143,8 @@ def prepare_round(
         raise ValueError(
             f"participants must be distinct ids in [0, {num_clients}), got {ids[:10]}{'...' if len(ids) > 10 else ''}"
         )
-    cfg = SecAggConfig(num_clients, threshold, vector_size, round_id=round_id)
-    clients = [SecAggClient(i, cfg) for i in ids]
-    server = SecAggServer(cfg)
-    roster = server.collect_keys([c.advertise_keys() for c in clients])
-    inbox = server.route_shares({c.id: c.share_keys(roster) for c in clients})
-    for c in clients:
-        c.receive_shares(inbox[c.id])
-    return [c.mask_material(server.senders) for c in clients]
+    SecAggConfig(num_clients, threshold, vector_size, round_id=round_id)  # checks the arguments
+    return mask_materials(num_clients, threshold, ids, round_id=round_id)
 
 
 def material_type(num_clients: int) -> tff.StructWithPythonType:
