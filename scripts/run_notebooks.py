@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     # The kernel inherits this environment: keep TensorFlow's C++ start-up chatter (CUDA plugin messages logged
     # at error level on a machine without a GPU) out of the outputs; Python errors still fail the run.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # gRPC C-core's informational lines (a peer's GOAWAY when a worker stops) likewise.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     failed = []
     for path in paths:
         print(f"{path.name}: running", flush=True)
