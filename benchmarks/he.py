@@ -132,6 +132,11 @@ extern "C" __attribute__((visibility("default"))) int raw_init() {
 }
 // One call of op `which` (0 encode+encrypt, 1 encode+multiply_plain+rescale, 2 multiply+relinearize+rescale,
 // 3 rotate by 1), writing into a reused output ciphertext.
+extern "C" __attribute__((visibility("default"))) void raw_op(int which);
+// `count` calls of op `which` back to back (the counterpart of a TF graph running the op `count` times).
+extern "C" __attribute__((visibility("default"))) void raw_ops(int which, int count) {
+  for (int i = 0; i < count; ++i) raw_op(which);
+}
 extern "C" __attribute__((visibility("default"))) void raw_op(int which) {
   State& s = *state;
   if (which == 0) {
@@ -148,8 +153,15 @@ extern "C" __attribute__((visibility("default"))) void raw_op(int which) {
 """
 
 
-def interleaved_overhead(repeats: int) -> dict[str, tuple[float, float]]:
-    """op -> (raw SEAL median ms, TF op median ms), each raw call alternating with the matching TF op call."""
+GRAPH_OPS = 10  # ops per tf.function call in the in-graph comparison
+
+
+def interleaved_overhead(repeats: int) -> dict[str, dict[str, tuple[float, float]]]:
+    """mode -> op -> (raw SEAL median ms, TF op median ms), each raw call alternating with the matching TF call.
+
+    Modes: "eager" (one Python call per op: includes the eager dispatch and Python's own costs, e.g. its garbage
+    collector walking TensorFlow's objects) and "graph" (GRAPH_OPS ops in sequence inside one tf.function,
+    against GRAPH_OPS raw calls in one ctypes call; per-op figures)."""
     import ctypes
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="tfppml-he-bench-"))
@@ -161,7 +173,7 @@ def interleaved_overhead(repeats: int) -> dict[str, tuple[float, float]]:
         check=True,
     )
     lib = ctypes.CDLL(str(tmp / "raw.so"))
-    lib.raw_op.argtypes = [ctypes.c_int]
+    lib.raw_ops.argtypes = [ctypes.c_int, ctypes.c_int]
     lib.raw_init()
     ctx = he.CKKSContext(8192, [60, 40, 40, 60], 2.0**40, galois_steps=[1])
     ops = he._library.ops()
@@ -175,19 +187,33 @@ def interleaved_overhead(repeats: int) -> dict[str, tuple[float, float]]:
         "mul_relin_rescale": lambda: ops.tfppml_ckks_mul(a.handle, b.handle),
         "rotate": lambda: ops.tfppml_ckks_rotate(a.handle, one),
     }
-    out = {}
-    for which, (name, call) in enumerate(tf_calls.items()):
-        raw_times, tf_times = [], []
-        for k in range(repeats + 3):  # 3 warm-up pairs
-            start = time.perf_counter()
-            lib.raw_op(which)
-            middle = time.perf_counter()
-            call()
-            end = time.perf_counter()
-            if k >= 3:
-                raw_times.append((middle - start) * 1e3)
-                tf_times.append((end - middle) * 1e3)
-        out[name] = (statistics.median(raw_times), statistics.median(tf_times))
+    def in_graph(call):
+        @tf.function
+        def run():
+            outputs = []
+            for _ in range(GRAPH_OPS):
+                # Chained by control dependencies so the ops run one after another, as the raw loop does.
+                with tf.control_dependencies(outputs[-1:]):
+                    outputs.append(call())
+            return outputs
+
+        return run
+
+    graph_calls = {name: in_graph(call) for name, call in tf_calls.items()}
+    out = {"eager": {}, "graph": {}}
+    for mode, calls, count in (("eager", tf_calls, 1), ("graph", graph_calls, GRAPH_OPS)):
+        for which, (name, call) in enumerate(calls.items()):
+            raw_times, tf_times = [], []
+            for k in range(repeats + 3):  # 3 warm-up pairs
+                start = time.perf_counter()
+                lib.raw_ops(which, count)
+                middle = time.perf_counter()
+                call()
+                end = time.perf_counter()
+                if k >= 3:
+                    raw_times.append((middle - start) * 1e3 / count)
+                    tf_times.append((end - middle) * 1e3 / count)
+            out[mode][name] = (statistics.median(raw_times), statistics.median(tf_times))
     return out
 
 
@@ -447,11 +473,14 @@ def main() -> None:
         # Each raw SEAL call (same process, via ctypes) alternates with the matching TF op call, so that other
         # load on the machine falls on both alike; the TF op's time includes its Python eager dispatch.  The TF
         # multiply-by-plain op takes a float tensor, so raw SEAL's side encodes too.
-        pairs = interleaved_overhead(args.repeats)
-        print(f"\nop (N=8192, [60,40,40,60], 2^40; medians of {args.repeats} alternating calls)   raw SEAL ms   "
-              "tfppml TF op ms   overhead")
-        for key, (raw_ms, tf_ms) in pairs.items():
-            print(f"{key:34s} {raw_ms:10.3f}   {tf_ms:14.3f}   {100 * (tf_ms / raw_ms - 1):+7.1f}%")
+        modes = interleaved_overhead(args.repeats)
+        for mode, pairs in modes.items():
+            what = ("one eager call per op" if mode == "eager"
+                    else f"{GRAPH_OPS} ops per tf.function call, per op")
+            print(f"\nop, {what} (N=8192, [60,40,40,60], 2^40; medians of {args.repeats} alternating calls)   "
+                  "raw SEAL ms   tfppml TF op ms   overhead")
+            for key, (raw_ms, tf_ms) in pairs.items():
+                print(f"{key:34s} {raw_ms:10.3f}   {tf_ms:14.3f}   {100 * (tf_ms / raw_ms - 1):+7.1f}%")
         raw = raw_seal(min(args.repeats, 50))()
         print("raw SEAL parts:", {k: round(v, 3) for k, v in raw.items()})
 
