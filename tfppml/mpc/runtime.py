@@ -167,16 +167,7 @@ class PartyRuntime:
         if op in PROGRAM_ONLY_OPS:
             raise PolicyDenied(f"operation {op!r} only runs inside a served program")
         tensors = {k: np.asarray(v) for k, v in tensors.items()}
-        try:
-            answer = PARTY_OPS[op](OpContext(self, op_id, caller), args, tensors)
-        except BaseException:
-            # The run failed already; its undelivered messages must not be blamed on the next one.
-            getattr(self.channel, "discard_posted", lambda: None)()
-            raise
-        # Messages are posted without waiting for their acknowledgements (see OpContext.send): make sure every
-        # one of this run was delivered before answering that the run succeeded.
-        getattr(self.channel, "flush", lambda: None)()
-        return answer
+        return PARTY_OPS[op](OpContext(self, op_id, caller), args, tensors)
 
 
 class OpContext:
@@ -215,10 +206,7 @@ class OpContext:
     # --- messages -------------------------------------------------------------------------------------------
     def send(self, to: int, label: str, value: np.ndarray) -> None:
         array = np.asarray(value)
-        # Posted, not sent: a round is "post to one neighbour, receive from the other", and waiting for the
-        # acknowledgement first put a whole extra round trip into every round.  handle() flushes at the end.
-        channel = self.party.channel
-        getattr(channel, "post", channel.send)(self.party.names[to % NUM_PARTIES], f"{self.op_id}/{label}", array)
+        self.party.channel.send(self.party.names[to % NUM_PARTIES], f"{self.op_id}/{label}", array)
         self.party.count("messages_sent")
         self.party.count("bytes_sent", array.nbytes)
 

@@ -15,11 +15,7 @@ Give every protocol run its own tag namespace (e.g. prefix tags with a request i
 its receiver gave up stays in the mailbox (until `discard_pending`), and must never be taken by a later run.
 
 `send` returns when the peer's worker has stored the message (one round trip), so "everyone sends, then everyone
-receives" never deadlocks.  `post` is `send` without the wait: it returns once the message is handed to the
-transport, and a failed delivery is raised by the same thread's next `recv` (within `POLL_INTERVAL` seconds of
-the failure) or `flush`.  A protocol round is "post to one peer, receive from the other", so posting takes the
-acknowledgement's round trip off every round; call `flush` at the end of a protocol run so that no failure goes
-unnoticed.
+receives" never deadlocks.
 """
 
 from __future__ import annotations
@@ -37,10 +33,7 @@ from tfppml.net.config import ClusterConfig
 from tfppml.net.mailbox import Mailbox, check_tag
 from tfppml.net.transport import DELIVER, raise_for_rpc_error, secure_channel
 
-__all__ = ["POLL_INTERVAL", "Channel", "PeerChannel", "check_array", "check_timeout"]
-
-#: How often (seconds) a `recv` looks at the thread's posted messages for a failed delivery.
-POLL_INTERVAL = 0.05
+__all__ = ["Channel", "PeerChannel", "check_array", "check_timeout"]
 
 
 @runtime_checkable
@@ -70,17 +63,6 @@ class Channel(Protocol):
           ProtocolError: The peer already holds a message with this tag from us, or refused the message.
           PartyUnavailableError: The peer is down or did not acknowledge in time.
         """
-        ...
-
-    def post(self, to: str, tag: str, array: np.ndarray) -> None:
-        """`send` that does not wait for the acknowledgement (same checks, same errors, raised later).
-
-        A delivery failure is raised by this thread's next `recv` or `flush`, as `send` would have raised it.
-        """
-        ...
-
-    def flush(self) -> None:
-        """Waits until this thread's posted messages are acknowledged; raises the first failed delivery."""
         ...
 
     def recv(self, frm: str, tag: str, timeout: float | None = None) -> np.ndarray:
@@ -159,7 +141,6 @@ class PeerChannel:
         self._identity = identity
         self._mailbox = mailbox
         self._lock = threading.Lock()
-        self._local = threading.local()
         self._stubs: dict[str, grpc.UnaryUnaryMultiCallable] = {}
         self._channels: dict[str, grpc.Channel] = {}
         self._closed = False
@@ -177,79 +158,25 @@ class PeerChannel:
         """The cluster configuration."""
         return self._config
 
-    def _encode(self, to: str, tag: str, array: np.ndarray) -> bytes:
+    def send(self, to: str, tag: str, array: np.ndarray) -> None:
         check_peer(self.parties, self._name, to, "to")
         check_tag(tag)
         array = check_array(array)
-        return codec.encode_message({"tag": tag}, {"value": array}, max_bytes=self._config.max_message_bytes)
-
-    def _raise_delivery(self, err: grpc.RpcError, to: str, tag: str) -> None:
-        raise_for_rpc_error(
-            err, party=to, address=self._config.address(to), action=f"message {tag!r}", timeout=self._config.timeout
-        )
-
-    def send(self, to: str, tag: str, array: np.ndarray) -> None:
-        data = self._encode(to, tag, array)
+        data = codec.encode_message({"tag": tag}, {"value": array}, max_bytes=self._config.max_message_bytes)
         stub = self._stub(to)
+        timeout = self._config.timeout
         try:
             # wait_for_ready=False: a peer that is down fails the call at once instead of after the timeout.
-            stub(data, timeout=self._config.timeout, wait_for_ready=False)
+            stub(data, timeout=timeout, wait_for_ready=False)
         except grpc.RpcError as err:
-            self._raise_delivery(err, to, tag)
-
-    def post(self, to: str, tag: str, array: np.ndarray) -> None:
-        data = self._encode(to, tag, array)
-        future = self._stub(to).future(data, timeout=self._config.timeout, wait_for_ready=False)
-        self._posted().append((to, tag, future))
-
-    def flush(self) -> None:
-        posted = self._posted()
-        try:
-            for to, tag, future in posted:
-                try:
-                    future.result()
-                except grpc.RpcError as err:
-                    self._raise_delivery(err, to, tag)
-        finally:
-            posted.clear()
-
-    def discard_posted(self) -> None:
-        """Forgets this thread's posted messages without waiting (after a protocol run already failed)."""
-        self._posted().clear()
-
-    def _posted(self) -> list:
-        # Per thread: a worker runs concurrent protocol runs on several threads, and a failure belongs to the
-        # run that posted the message.
-        posted = getattr(self._local, "posted", None)
-        if posted is None:
-            posted = self._local.posted = []
-        return posted
-
-    def _check_posted(self) -> None:
-        """Raises the failure of a completed posted message; forgets the acknowledged ones.  Never waits."""
-        posted = self._posted()
-        if not posted:
-            return
-        still = []
-        for entry in posted:
-            to, tag, future = entry
-            if not future.done():
-                still.append(entry)
-                continue
-            err = future.exception()
-            if err is not None:
-                posted.clear()
-                self._raise_delivery(err, to, tag)
-        posted[:] = still
+            raise_for_rpc_error(
+                err, party=to, address=self._config.address(to), action=f"message {tag!r}", timeout=timeout
+            )
 
     def recv(self, frm: str, tag: str, timeout: float | None = None) -> np.ndarray:
         check_peer(self.parties, self._name, frm, "frm")
         check_tag(tag)
-        timeout = check_timeout(timeout, self._config.timeout)
-        self._check_posted()
-        if not self._posted():
-            return self._mailbox.get(frm, tag, timeout)
-        return self._mailbox.get(frm, tag, timeout, check=self._check_posted, poll=POLL_INTERVAL)
+        return self._mailbox.get(frm, tag, check_timeout(timeout, self._config.timeout))
 
     def discard_pending(self, prefix: str = "") -> int:
         if not isinstance(prefix, str):

@@ -69,16 +69,6 @@ class LocalChannel:
                 )
         self._hub.mailboxes[to].put(self._name, tag, np.array(array, copy=True, order="C"))
 
-    def post(self, to: str, tag: str, array: np.ndarray) -> None:
-        """See `tfppml.net.channel.Channel.post`: in-process delivery is immediate, so this is `send`."""
-        self.send(to, tag, array)
-
-    def flush(self) -> None:
-        """See `tfppml.net.channel.Channel.flush`: nothing is ever in flight here."""
-
-    def discard_posted(self) -> None:
-        """Nothing is ever in flight here."""
-
     def recv(self, frm: str, tag: str, timeout: float | None = None) -> np.ndarray:
         """See `tfppml.net.channel.Channel.recv`."""
         check_peer(self._hub.names, self._name, frm, "frm")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Callable
 
 import numpy as np
 
@@ -86,13 +85,8 @@ class Mailbox:
             self._pending[key] = array
             self._cond.notify_all()
 
-    def get(
-        self, sender: str, tag: str, timeout: float, *, check: Callable[[], None] | None = None, poll: float = 0.05
-    ) -> np.ndarray:
+    def get(self, sender: str, tag: str, timeout: float) -> np.ndarray:
         """Takes the message (sender, tag), waiting up to `timeout` seconds for it to arrive.
-
-        `check`, if given, is called every `poll` seconds while waiting; an exception it raises ends the wait
-        (a channel uses it to surface a failed delivery of its own posted messages).
 
         Raises:
           PartyUnavailableError: Nothing arrived in time (the message names the peer, the tag and the wait).
@@ -119,11 +113,7 @@ class Mailbox:
                             f"{self._owner!r} waited {timeout:g} s for message {tag!r} from {sender!r}, which did "
                             f"not arrive ({sender!r} may be down, slow, or not running the same step)"
                         )
-                    if check is None:
-                        self._cond.wait(remaining)
-                    else:
-                        self._cond.wait(min(remaining, poll))
-                        check()
+                    self._cond.wait(remaining)
                 array = self._pending.pop(key)
                 self._remember(key)
                 return array
