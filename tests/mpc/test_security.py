@@ -132,6 +132,7 @@ def test_no_message_carries_the_secret_or_a_product():
 def test_broken_variant_without_randomness_is_detected(monkeypatch):
     # TF Encrypted's failure mode: a missing PRG silently replaced by something predictable.
     monkeypatch.setattr(ops, "prg_uniform", lambda seed, shape, offset=0: tf.zeros(shape, tf.uint64))
+    monkeypatch.setattr(ops, "prg_uniform_numpy", lambda seed, shape, offset=0: np.zeros(shape, np.uint64))
     assert_views_leak(run_and_record(3.7), run_and_record(-3.7))
 
 
