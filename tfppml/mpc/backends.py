@@ -92,6 +92,12 @@ class NetworkBackend:
     def run(self, meta: dict, tensors: Sequence[dict] | None) -> list[Answer]:
         inputs = _per_party(tensors)
         futures = [self._pool.submit(r.call, meta, inputs[i]) for i, r in enumerate(self._remotes)]
+        # Raise the first failure to happen, not party 0's: a party that fails stops sending, and the others then
+        # fail later with timeouts waiting for it, which would hide the cause.
+        done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+        for future in sorted(done, key=futures.index):
+            if future.exception() is not None:
+                raise future.exception()
         return [f.result() for f in futures]
 
     def close(self) -> None:
