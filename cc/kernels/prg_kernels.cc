@@ -25,6 +25,22 @@ using ::tensorflow::errors::InvalidArgument;
 constexpr int kLanes = kChaChaLanes;                // blocks computed together
 constexpr int kWordsPerBlock = kChaChaWordsPerBlock;  // a 64-byte block is 8 uint64 words
 constexpr int64_t kBlockCost = kChaChaBlockCost;      // cycles per block, roughly
+// Work goes in groups of kLanes blocks; group g covers keystream words [g*64, g*64+64).
+constexpr int64_t kGroupWords = kLanes * kWordsPerBlock;
+
+// Writes the keystream words of groups [begin_group, end_group) that fall in [offset, offset + n) to
+// out[word - offset].  Shared by the kernel (one call per shard) and tfppml_prg_fill (one call for all).
+void WriteKeystreamGroups(const uint32_t state[16], int64_t offset, int64_t n, int64_t begin_group,
+                          int64_t end_group, uint64_t* out) {
+  uint64_t words[kLanes][kWordsPerBlock];
+  for (int64_t g = begin_group; g < end_group; ++g) {
+    ChaCha20Blocks(state, static_cast<uint64_t>(g) * kLanes, words);
+    const uint64_t* flat = &words[0][0];
+    const int64_t start = std::max<int64_t>(g * kGroupWords, offset);
+    const int64_t stop = std::min<int64_t>((g + 1) * kGroupWords, offset + n);
+    for (int64_t p = start; p < stop; ++p) out[p - offset] = flat[p - g * kGroupWords];
+  }
+}
 
 class PrgUniformOp : public OpKernel {
  public:
@@ -61,19 +77,10 @@ class PrgUniformOp : public OpKernel {
     uint32_t state[16];
     ChaCha20Init(seed.flat<uint64_t>().data(), static_cast<int>(seed.dim_size(0)), /*nonce=*/0, state);
 
-    // Work in groups of kLanes blocks; group g covers keystream words [g*64, g*64+64).
-    constexpr int64_t kGroupWords = kLanes * kWordsPerBlock;
     const int64_t first_group = offset / kGroupWords;
     const int64_t last_group = (offset + n - 1) / kGroupWords;
     ParallelFor(ctx, last_group - first_group + 1, kBlockCost * kLanes, [&](int64_t b, int64_t e) {
-      uint64_t words[kLanes][kWordsPerBlock];
-      for (int64_t g = first_group + b; g < first_group + e; ++g) {
-        ChaCha20Blocks(state, static_cast<uint64_t>(g) * kLanes, words);
-        const uint64_t* flat = &words[0][0];
-        const int64_t start = std::max<int64_t>(g * kGroupWords, offset);
-        const int64_t stop = std::min<int64_t>((g + 1) * kGroupWords, offset + n);
-        for (int64_t p = start; p < stop; ++p) op[p - offset] = flat[p - g * kGroupWords];
-      }
+      WriteKeystreamGroups(state, offset, n, first_group + b, first_group + e, op);
     });
   }
 };
@@ -98,14 +105,7 @@ extern "C" __attribute__((visibility("default"))) int tfppml_prg_fill(const uint
   if (n == 0) return 0;
   uint32_t state[16];
   tfppml::ChaCha20Init(key, key_words, /*nonce=*/0, state);
-  constexpr int64_t kGroupWords = tfppml::kChaChaLanes * tfppml::kChaChaWordsPerBlock;
-  uint64_t words[tfppml::kChaChaLanes][tfppml::kChaChaWordsPerBlock];
-  for (int64_t g = offset / kGroupWords; g <= (offset + n - 1) / kGroupWords; ++g) {
-    tfppml::ChaCha20Blocks(state, static_cast<uint64_t>(g) * tfppml::kChaChaLanes, words);
-    const uint64_t* flat = &words[0][0];
-    const int64_t start = std::max<int64_t>(g * kGroupWords, offset);
-    const int64_t stop = std::min<int64_t>((g + 1) * kGroupWords, offset + n);
-    for (int64_t p = start; p < stop; ++p) out[p - offset] = flat[p - g * kGroupWords];
-  }
+  tfppml::WriteKeystreamGroups(state, offset, n, offset / tfppml::kGroupWords,
+                               (offset + n - 1) / tfppml::kGroupWords + 1, out);
   return 0;
 }

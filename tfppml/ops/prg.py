@@ -37,6 +37,27 @@ def new_seed(bits: int = 256) -> np.ndarray:
     return np.frombuffer(secrets.token_bytes(bits // 8), dtype="<u8").astype(np.uint64)
 
 
+def _check_dims(fn: str, shape: Sequence[int]) -> list[int]:
+    """`shape` as a list of non-negative ints, else TypeError/ValueError naming `fn` and the argument."""
+    dims = list(shape)
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+            raise TypeError(f"{fn}: argument `shape` must be a sequence of ints, got {shape!r}")
+        if d < 0:
+            raise ValueError(f"{fn}: argument `shape` must not have negative dimensions, got {shape!r}")
+    return dims
+
+
+def _check_offset(fn: str, offset: Any, maximum: int) -> int:
+    """`offset` as an int in [0, maximum], else TypeError/ValueError naming `fn` and the argument."""
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
+        raise TypeError(f"{fn}: argument `offset` must be an int, got {offset!r}")
+    if not 0 <= offset <= maximum:
+        bound = "2**63 - 1" if maximum == MAX_OFFSET else "2**63 - 1 - size"
+        raise ValueError(f"{fn}: argument `offset` must be in [0, {bound}], got {offset}")
+    return int(offset)
+
+
 def prg_uniform(seed: Any, shape: Sequence[int] | tf.Tensor, offset: int | tf.Tensor = 0) -> tf.Tensor:
     """Uniform uint64 values from ChaCha20 keyed by `seed`.
 
@@ -65,21 +86,12 @@ def prg_uniform(seed: Any, shape: Sequence[int] | tf.Tensor, offset: int | tf.Te
             raise TypeError(f"{fn}: argument `shape` must hold integers, got dtype {shape.dtype}")
         shape_t = tf.cast(shape, tf.int64)
     else:
-        dims = list(shape)
-        for d in dims:
-            if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
-                raise TypeError(f"{fn}: argument `shape` must be a sequence of ints, got {shape!r}")
-            if d < 0:
-                raise ValueError(f"{fn}: argument `shape` must not have negative dimensions, got {shape!r}")
+        dims = _check_dims(fn, shape)
         shape_t = tf.constant(dims, dtype=tf.int64, shape=[len(dims)])
     if isinstance(offset, (tf.Tensor, tf.Variable)):
         offset_t = tf.cast(offset, tf.int64)
     else:
-        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
-            raise TypeError(f"{fn}: argument `offset` must be an int, got {offset!r}")
-        if not 0 <= offset <= MAX_OFFSET:
-            raise ValueError(f"{fn}: argument `offset` must be in [0, 2**63 - 1], got {offset}")
-        offset_t = tf.constant(int(offset), dtype=tf.int64)
+        offset_t = tf.constant(_check_offset(fn, offset, MAX_OFFSET), dtype=tf.int64)
     try:
         return _ops.tfppml_prg_uniform(seed=seed_t, shape=shape_t, offset=offset_t)
     except tf.errors.InvalidArgumentError as err:
@@ -133,19 +145,11 @@ def prg_uniform_numpy(seed: Any, shape: Sequence[int], offset: int = 0) -> np.nd
                         f"{'' if not isinstance(seed, np.ndarray) else ' of dtype ' + str(seed.dtype)}")
     if seed.ndim != 1 or seed.shape[0] not in (2, 4):
         raise ValueError(f"{fn}: argument `seed` must be a vector of 2 or 4 uint64 words, got shape {seed.shape}")
-    dims = list(shape)
-    for d in dims:
-        if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
-            raise TypeError(f"{fn}: argument `shape` must be a sequence of ints, got {shape!r}")
-        if d < 0:
-            raise ValueError(f"{fn}: argument `shape` must not have negative dimensions, got {shape!r}")
-    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
-        raise TypeError(f"{fn}: argument `offset` must be an int, got {offset!r}")
+    dims = _check_dims(fn, shape)
     size = int(np.prod(dims, dtype=np.int64)) if dims else 1
-    if not 0 <= offset <= MAX_OFFSET - size:
-        raise ValueError(f"{fn}: argument `offset` must be in [0, 2**63 - 1 - size], got {offset}")
+    offset = _check_offset(fn, offset, MAX_OFFSET - size)
     key = np.ascontiguousarray(seed)
     out = np.empty(dims, dtype=np.uint64)
-    if _fill_function()(key.ctypes.data, key.shape[0], int(offset), out.ctypes.data, size) != 0:
+    if _fill_function()(key.ctypes.data, key.shape[0], offset, out.ctypes.data, size) != 0:
         raise ValueError(f"{fn}: the kernel refused seed {seed.shape}, shape {dims}, offset {offset}")
     return out
