@@ -436,7 +436,21 @@ class _SecureCore:
         return tff.templates.AggregationProcess(init_fn, next_fn), client_mask
 
 
-class SecureAggregationFactory(tff.aggregators.WeightedAggregationFactory):
+class _CoreBacked:
+    """What both factories expose of their shared :class:`_SecureCore`."""
+
+    _core: "_SecureCore"
+
+    @property
+    def num_clients(self) -> int:
+        return self._core.num_clients
+
+    @property
+    def threshold(self) -> int:
+        return self._core.threshold
+
+
+class SecureAggregationFactory(_CoreBacked, tff.aggregators.WeightedAggregationFactory):
     """Weighted mean by secure aggregation (see the module docstring for the protocol and its limits).
 
     Each client sends ``w * clip(x)`` and its weight ``w`` (clipped to [0, 2**16]), masked; the server
@@ -456,14 +470,6 @@ class SecureAggregationFactory(tff.aggregators.WeightedAggregationFactory):
     def __init__(self, num_clients: int, max_dropout_fraction: float = 0.3, clip: float = 1.0, frac_bits: int = 24):
         self._core = _SecureCore(num_clients, max_dropout_fraction, clip, frac_bits, weighted=True)
 
-    @property
-    def num_clients(self) -> int:
-        return self._core.num_clients
-
-    @property
-    def threshold(self) -> int:
-        return self._core.threshold
-
     def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
         """Builds the process for ``value_type = secure_value_type(update_type, num_clients)``."""
         value_type = self._core.check_value_type(value_type)
@@ -481,7 +487,7 @@ class SecureAggregationFactory(tff.aggregators.WeightedAggregationFactory):
         return self._core.build(value_type, weighted=True)[1]
 
 
-class SecureSumFactory(tff.aggregators.UnweightedAggregationFactory):
+class SecureSumFactory(_CoreBacked, tff.aggregators.UnweightedAggregationFactory):
     """Sum by secure aggregation; the inner factory for DP (see :func:`secure_dp_aggregator`).
 
     Args:
@@ -495,14 +501,6 @@ class SecureSumFactory(tff.aggregators.UnweightedAggregationFactory):
 
     def __init__(self, num_clients: int, max_dropout_fraction: float = 0.3, clip: float = 1.0, frac_bits: int = 24):
         self._core = _SecureCore(num_clients, max_dropout_fraction, clip, frac_bits, weighted=False)
-
-    @property
-    def num_clients(self) -> int:
-        return self._core.num_clients
-
-    @property
-    def threshold(self) -> int:
-        return self._core.threshold
 
     def create(self, value_type) -> tff.templates.AggregationProcess:
         """Builds the process for ``value_type = secure_value_type(update_type, num_clients)``."""
