@@ -13,7 +13,7 @@ from tfppml.net import codec
 from tfppml.net.certs import Identity
 from tfppml.net.client import RemoteParty
 from tfppml.net.server import WorkerServer
-from tfppml.net.transport import CALL, DELIVER, RemoteError, channel_options, secure_channel
+from tfppml.net.transport import CALL, STREAM, RemoteError, channel_options, secure_channel
 
 from .conftest import loopback_config
 
@@ -217,11 +217,12 @@ def test_busy_worker_refuses_extra_calls_but_still_takes_peer_messages(worker, c
     time.sleep(0.3)
     with pytest.raises(PartyUnavailableError, match="busy"):
         parties[2].call({"op": "x"})
-    # Deliver is served by spare threads even now.
+    # A peer's stream is served by its own threads even now.
     peer = secure_channel(config.address("server0"), Identity.load(cert_dir, "server1"), target_name="server0",
                           max_message_bytes=config.max_message_bytes)  # fmt: skip
-    peer.unary_unary(DELIVER)(codec.encode_message({"tag": "t"}, {"value": np.ones(2)}), timeout=2)
+    stream = peer.stream_unary(STREAM).future(iter([codec.encode_message({"tag": "t"}, {"value": np.ones(2)})]))
     np.testing.assert_array_equal(server.channel.recv("server1", "t", timeout=1), np.ones(2))
+    assert stream.result(timeout=2) == b""
     service.release.set()
     assert [p.result()[0]["ok"] for p in pending] == [True, True]
     for party in parties:
@@ -229,16 +230,25 @@ def test_busy_worker_refuses_extra_calls_but_still_takes_peer_messages(worker, c
     peer.close()
 
 
-def test_deliver_only_from_parties_and_well_formed(worker, cert_dir):
-    config, server, _ = worker
-    stub = lambda name: secure_channel(  # noqa: E731
+def _stream_of(config, cert_dir, name, messages):
+    """Sends `messages` on one stream to server0 as `name`; returns the call's outcome (b"" or the RpcError)."""
+    channel = secure_channel(
         config.address("server0"), Identity.load(cert_dir, name), target_name="server0",
         max_message_bytes=config.max_message_bytes,
-    ).unary_unary(DELIVER)  # fmt: skip
-    message = codec.encode_message({"tag": "t"}, {"value": np.ones(2)})
-    with pytest.raises(grpc.RpcError) as info:
-        stub("driver")(message, timeout=2)
-    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED and "not a peer" in info.value.details()
+    )  # fmt: skip
+    try:
+        return channel.stream_unary(STREAM)(iter(messages), timeout=5)
+    except grpc.RpcError as err:
+        return err
+    finally:
+        channel.close()
+
+
+def test_streams_only_from_parties_and_well_formed(worker, cert_dir):
+    config, server, _ = worker
+    good = codec.encode_message({"tag": "t"}, {"value": np.ones(2)})
+    refused = _stream_of(config, cert_dir, "driver", [good])
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED and "not a peer" in refused.details()
     bad = [
         codec.encode_message({"tag": "t", "extra": 1}, {"value": np.ones(2)}),
         codec.encode_message({"tag": "t"}, {"other": np.ones(2)}),
@@ -246,12 +256,41 @@ def test_deliver_only_from_parties_and_well_formed(worker, cert_dir):
         codec.encode_message({"tag": 5}, {"value": np.ones(2)}),
         b"\x00" * 40,
     ]
-    for data in bad:
-        with pytest.raises(grpc.RpcError) as info:
-            stub("server1")(data, timeout=2)
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for index, data in enumerate(bad):
+        # A bad message ends the stream with INVALID_ARGUMENT; what came before it was stored, nothing after it.
+        before = codec.encode_message({"tag": f"before{index}"}, {"value": np.ones(2)})
+        after = codec.encode_message({"tag": f"after{index}"}, {"value": np.ones(2)})
+        outcome = _stream_of(config, cert_dir, "server1", [before, data, after])
+        assert isinstance(outcome, grpc.RpcError) and outcome.code() == grpc.StatusCode.INVALID_ARGUMENT
+        np.testing.assert_array_equal(server.channel.recv("server1", f"before{index}", timeout=1), np.ones(2))
     assert server.channel._mailbox.pending == 0
+    # A duplicate tag is refused too (the stream ends), the first copy stays.
+    outcome = _stream_of(config, cert_dir, "server2", [good, good])
+    assert outcome.code() == grpc.StatusCode.INVALID_ARGUMENT and "duplicate message" in outcome.details()
+    assert server.channel._mailbox.pending == 1
     _still_serves(config, cert_dir)
+
+
+def test_a_peer_that_disconnects_wakes_its_waiting_receivers(worker, cert_dir):
+    config, server, _ = worker
+    channel = secure_channel(
+        config.address("server0"), Identity.load(cert_dir, "server1"), target_name="server0",
+        max_message_bytes=config.max_message_bytes,
+    )  # fmt: skip
+    gate = threading.Event()
+
+    def messages():
+        yield codec.encode_message({"tag": "first"}, {"value": np.ones(2)})
+        gate.wait(5)  # keep the stream open until the receiver waits, then drop the connection
+
+    call = channel.stream_unary(STREAM).future(messages())
+    np.testing.assert_array_equal(server.channel.recv("server1", "first", timeout=2), np.ones(2))
+    threading.Timer(0.3, lambda: (call.cancel(), channel.close())).start()
+    start = time.monotonic()
+    with pytest.raises(PartyUnavailableError, match="waiting for message 'second' from 'server1' when the"):
+        server.channel.recv("server1", "second", timeout=10)
+    assert time.monotonic() - start < 3.0
+    gate.set()
 
 
 def test_dead_worker_fails_calls_fast(cert_dir):

@@ -2,7 +2,9 @@
 
 A message is addressed by (sender, tag) and can only be taken by a receive for exactly that pair. The mailbox
 refuses a second message with a pair that is still waiting or was taken recently (a protocol step that runs twice
-would otherwise hand one step's data to another), and refuses two receivers waiting on the same pair.
+would otherwise hand one step's data to another), and refuses two receivers waiting on the same pair.  The network
+side reports when a sender's connection ends (`connected` / `disconnected`), and the receivers waiting for that
+sender at that moment are woken with an error instead of waiting out their timeout.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class Mailbox:
         self._pending: dict[tuple[str, str], np.ndarray] = {}
         self._waiting: set[tuple[str, str]] = set()
         self._taken: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        self._connections: collections.Counter[str] = collections.Counter()
+        # Waiting (sender, tag) pairs whose sender's connection ended while they waited -> why.
+        self._lost: dict[tuple[str, str], str] = {}
         self._history = history
         self._closed: str | None = None
 
@@ -103,6 +108,11 @@ class Mailbox:
             self._waiting.add(key)
             try:
                 while key not in self._pending:
+                    lost = self._lost.pop(key, None)
+                    if lost is not None:
+                        raise PartyUnavailableError(
+                            f"{self._owner!r} was waiting for message {tag!r} from {sender!r} when {lost}"
+                        )
                     if self._closed is not None:
                         raise ProtocolError(
                             f"{self._owner!r} stopped waiting for {tag!r} from {sender!r}: {self._closed}"
@@ -119,6 +129,29 @@ class Mailbox:
                 return array
             finally:
                 self._waiting.discard(key)
+                self._lost.pop(key, None)
+
+    def connected(self, sender: str) -> None:
+        """Counts an open connection (stream) from `sender`."""
+        with self._cond:
+            self._connections[sender] += 1
+
+    def disconnected(self, sender: str, reason: str) -> None:
+        """Counts a connection from `sender` as ended; when it was the last, wakes its waiting receivers.
+
+        Each receiver waiting for `sender` at this moment raises PartyUnavailableError with `reason` (e.g.
+        "the connection from 'server2' was lost"), unless its message is already here.  Receivers that start
+        waiting later wait as usual (the sender may reconnect, e.g. after a restart) up to their timeout.
+        """
+        with self._cond:
+            self._connections[sender] -= 1
+            if self._connections[sender] > 0:
+                return
+            del self._connections[sender]
+            for key in self._waiting:
+                if key[0] == sender and key not in self._pending:
+                    self._lost[key] = reason
+            self._cond.notify_all()
 
     def discard(self, prefix: str = "") -> int:
         """Drops waiting messages whose tag starts with `prefix` (all if empty); returns how many.

@@ -7,8 +7,10 @@ all. It serves three methods (see `tfppml.net.transport`):
 - Call: decodes the request, passes it to `service.handle(caller, meta, tensors)` with the caller's authenticated
   identity, and returns the encoded reply. A handler exception goes back to the caller as an error carrying the
   exception's type, message and a traceback summary; the worker keeps serving.
-- Deliver: stores a peer's protocol message in the mailbox that the worker's `PeerChannel.recv` reads. Only the
-  cluster's parties may deliver, and the sender is taken from the TLS certificate, never from the message.
+- Stream: a peer's long-lived stream of protocol messages; each is stored in the mailbox that the worker's
+  `PeerChannel.recv` reads. Only the cluster's parties may open one, and the sender is taken from the TLS
+  certificate, never from the message. A malformed or refused message ends the stream with a clear status (the
+  peer's next send raises it); a stream that ends wakes the receivers waiting for that peer with an error.
 - Ping: name, service and process id, for launchers and health checks.
 
 Malformed or oversized requests are refused with a clear status (INVALID_ARGUMENT / RESOURCE_EXHAUSTED) before
@@ -25,7 +27,7 @@ import logging
 import os
 import threading
 from concurrent import futures
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import grpc
 import numpy as np
@@ -48,9 +50,12 @@ from tfppml.net.transport import (
 __all__ = ["WorkerServer"]
 
 _log = logging.getLogger(__name__)
-# Threads kept free for Deliver and Ping even when every call slot is busy: a call that waits for a peer's
-# message must never starve the thread that would store that message.
+# Threads kept free for Ping even when every call slot is busy.
 _SPARE_THREADS = 8
+# Every peer's stream holds a server thread for as long as it is open (two per peer: a restarted peer's new stream
+# may open before the old one is torn down).  A call that waits for a peer's message must never starve the thread
+# that would store that message.
+_STREAM_THREADS_PER_PEER = 2
 
 _Failure = tuple[grpc.StatusCode, str, str]
 
@@ -103,7 +108,11 @@ class WorkerServer:
         self._channel = PeerChannel(name, config, self._identity, self._mailbox)
         self._service = self._make_service(service, service_options)
         self._call_slots = threading.BoundedSemaphore(max_concurrent_calls)
-        self._max_workers = max_concurrent_calls + _SPARE_THREADS
+        self._max_workers = (
+            max_concurrent_calls + _SPARE_THREADS + _STREAM_THREADS_PER_PEER * (len(config.party_names) - 1)
+        )
+        self._streams_lock = threading.Lock()
+        self._stream_contexts: set[grpc.ServicerContext] = set()
         self._server: grpc.Server | None = None
         self._port: int | None = None
 
@@ -144,8 +153,8 @@ class WorkerServer:
             SERVICE,
             {
                 "Call": grpc.unary_unary_rpc_method_handler(self._on_call),
-                "Deliver": grpc.unary_unary_rpc_method_handler(self._on_deliver),
                 "Ping": grpc.unary_unary_rpc_method_handler(self._on_ping),
+                "Stream": grpc.stream_unary_rpc_method_handler(self._on_stream),
             },
         )
         server = grpc.server(
@@ -171,6 +180,11 @@ class WorkerServer:
         """Stops serving (in-flight calls get `grace` seconds), wakes waiting receives, closes the service."""
         server, self._server = self._server, None
         stopped = server.stop(grace) if server is not None else None
+        # Peers' streams never finish on their own while the peers run: end them now rather than after `grace`.
+        with self._streams_lock:
+            contexts = list(self._stream_contexts)
+        for context in contexts:
+            context.cancel()
         # Wake handlers blocked in recv now: they would otherwise hold the process open until their timeout.
         self._mailbox.close(f"worker {self._name!r} stopped")
         if stopped is not None:
@@ -247,20 +261,37 @@ class WorkerServer:
                 f"the service returned an invalid reply: {err}",
             )
 
-    def _on_deliver(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def _on_stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         sender = self._caller(context)
-        failure = self._store(sender, request)
+        if sender not in self._config.parties or sender == self._name:
+            abort_with(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "ProtocolError",
+                f"{sender!r} is not a peer of {self._name!r}: only cluster parties send protocol messages",
+            )
+        with self._streams_lock:
+            self._stream_contexts.add(context)
+        self._mailbox.connected(sender)
+        failure: _Failure | None = None
+        ended = f"the stream from {sender!r} ended"
+        try:
+            for request in requests:
+                failure = self._store(sender, request)
+                if failure is not None:
+                    ended = f"a message from {sender!r} was refused ({failure[2]})"
+                    break
+        except grpc.RpcError:  # the peer's process or connection went away mid-stream
+            ended = f"the connection from {sender!r} was lost"
+        finally:
+            self._mailbox.disconnected(sender, ended)
+            with self._streams_lock:
+                self._stream_contexts.discard(context)
         if failure is not None:
             abort_with(context, *failure)
         return b""
 
     def _store(self, sender: str, request: bytes) -> _Failure | None:
-        if sender not in self._config.parties or sender == self._name:
-            return (
-                grpc.StatusCode.PERMISSION_DENIED,
-                "ProtocolError",
-                f"{sender!r} is not a peer of {self._name!r}: only cluster parties deliver protocol messages",
-            )
         try:
             meta, tensors = codec.decode_message(request, max_bytes=self._config.max_message_bytes, copy=True)
             tag = meta.get("tag")

@@ -1,11 +1,11 @@
 """gRPC plumbing shared by servers and clients: method names, TLS credentials, options and error mapping.
 
 There is no protobuf: every RPC carries the raw bytes of a `tfppml.net.codec` message, through gRPC's generic
-handlers. A worker exposes one service with three unary methods:
+handlers. A worker exposes one service with three methods:
 
-    /tfppml.net.Worker/Call      a driver's command, answered by the worker's service
-    /tfppml.net.Worker/Deliver   a peer-to-peer protocol message, put into the worker's mailbox
-    /tfppml.net.Worker/Ping      liveness and identity (answered by the server itself)
+    /tfppml.net.Worker/Call      unary: a driver's command, answered by the worker's service
+    /tfppml.net.Worker/Stream    client streaming: a peer's protocol messages, each put into the worker's mailbox
+    /tfppml.net.Worker/Ping      unary: liveness and identity (answered by the server itself)
 
 Errors travel as gRPC status codes plus a `tfppml-error-type` trailing metadata entry naming the remote
 exception class; `raise_for_rpc_error` turns them back into tfppml's domain errors.
@@ -23,8 +23,8 @@ from tfppml.net.certs import Identity
 
 __all__ = [
     "CALL",
-    "DELIVER",
     "PING",
+    "STREAM",
     "SERVICE",
     "RemoteError",
     "channel_options",
@@ -36,8 +36,8 @@ __all__ = [
 
 SERVICE = "tfppml.net.Worker"
 CALL = f"/{SERVICE}/Call"
-DELIVER = f"/{SERVICE}/Deliver"
 PING = f"/{SERVICE}/Ping"
+STREAM = f"/{SERVICE}/Stream"
 ERROR_TYPE_KEY = "tfppml-error-type"
 
 # Room for the codec's headers and gRPC framing on top of the payload limit.
