@@ -62,13 +62,16 @@ class Channel(Protocol):
         ...
 
     def send(self, to: str, tag: str, array: np.ndarray) -> None:
-        """Delivers `array` to party `to` under `tag`.
+        """Delivers `array` to party `to` under `tag` (a copy: the caller may change `array` afterwards).
+
+        The message may still be on its way when this returns (see the module docstring); a failure to deliver
+        it surfaces at the next send to `to` and at the peer's receive.
 
         Raises:
           ValueError: `to` is not another party of the cluster, or `tag` is empty or too long.
           TypeError: `array` is not a NumPy array of an allowed dtype (see `tfppml.net.codec.ALLOWED_DTYPES`).
-          ProtocolError: The peer already holds a message with this tag from us, or refused the message.
-          PartyUnavailableError: The peer is down or did not acknowledge in time.
+          ProtocolError: This tag was already sent to `to`, or the peer refused an earlier message.
+          PartyUnavailableError: The peer is down, or did not answer when the connection was opened.
         """
         ...
 
