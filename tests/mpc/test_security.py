@@ -32,7 +32,9 @@ class RecordingChannel:
 
     def recv(self, frm, tag, timeout=None):
         array = self.inner.recv(frm, tag, timeout)
-        self.received.append(np.asarray(array, dtype=np.uint64).reshape(-1))
+        flat = np.asarray(array, dtype=np.uint64).reshape(-1)
+        # A message may stack several tensors (the one-round truncation sends two): each is a view component.
+        self.received += list(flat.reshape(-1, N)) if flat.size % N == 0 and flat.size else [flat]
         return array
 
     def close(self):
@@ -137,6 +139,8 @@ def test_broken_variant_without_randomness_is_detected(monkeypatch):
 
 
 def test_broken_variant_with_unmasked_truncation_is_detected(monkeypatch):
+    """The two-round truncation (used for large tensors), with P0's message to P2 left unmasked."""
+    monkeypatch.setattr(runtime, "ONE_ROUND_TRUNC_MAX_SIZE", 0)
     original = runtime.OpContext.reshare
 
     def leaky_reshare(self, z, label, trunc_bits=0):
@@ -156,4 +160,33 @@ def test_broken_variant_with_unmasked_truncation_is_detected(monkeypatch):
         return leaky_reshare(self, z, label, trunc_bits)
 
     monkeypatch.setattr(runtime.OpContext, "reshare", leaky_party_side)
+    assert_views_leak(run_and_record(3.7), run_and_record(-3.7))
+
+
+def test_both_truncation_protocols_are_checked():
+    """N is small enough for the one-round truncation; the two-round one is checked on the same computation."""
+    assert N <= runtime.ONE_ROUND_TRUNC_MAX_SIZE
+
+
+def test_views_are_independent_with_the_two_round_truncation(monkeypatch):
+    monkeypatch.setattr(runtime, "ONE_ROUND_TRUNC_MAX_SIZE", 0)
+    assert_views_independent(run_and_record(3.7), run_and_record(-3.7))
+
+
+def test_broken_one_round_truncation_is_detected(monkeypatch):
+    """P0's correction left unmasked by y1 (from key k1, which P2 lacks): P2's pair then sums to x >> d."""
+    original = runtime.OpContext._reshare_truncate_one_round
+
+    def leaky(self, z, label, d, shape):
+        if self.i != 0:
+            return original(self, z, label, d, shape)
+        r = runtime.radd(self.prg(0, f"{label}/r0", shape), self.prg(1, f"{label}/r1", shape))
+        y0, y1 = self.prg(0, f"{label}/y0", shape), self.prg(1, f"{label}/y1", shape)
+        corr = runtime.rsub(runtime.shift_right_logical(r, d), y0)  # forgot "- y1"
+        both = np.stack([z, corr])
+        self.send(1, f"{label}/c0", both)
+        self.send(2, f"{label}/c0", both)
+        return y0, np.zeros_like(y1)
+
+    monkeypatch.setattr(runtime.OpContext, "_reshare_truncate_one_round", leaky)
     assert_views_leak(run_and_record(3.7), run_and_record(-3.7))
