@@ -19,6 +19,7 @@ so a multiplication costs one message per party.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import threading
 from typing import Any, Callable
@@ -52,6 +53,8 @@ ONE_ROUND_TRUNC_MAX_SIZE = 1 << 14
 
 #: Masks of at least this many elements are drawn with the multi-threaded TF kernel instead of the direct call.
 _PRG_KERNEL_MIN_SIZE = 1 << 18
+#: Key words are little-endian whatever the machine (read-only views of the digest are fine: the PRG only reads).
+_SEED_DTYPE = np.dtype("<u8")
 
 
 def party_op(name: str) -> Callable[[OpFunction], OpFunction]:
@@ -225,10 +228,12 @@ class OpContext:
         if keys is None or key not in keys:
             raise ProtocolError(f"party {self.i} does not hold key {key}")
         digest = hashlib.sha256(keys[key] + f"|{self.op_id}|{label}".encode()).digest()
-        seed = np.frombuffer(digest, dtype="<u8").astype(np.uint64)
+        seed = np.frombuffer(digest, dtype=_SEED_DTYPE)
+        if _SEED_DTYPE != np.uint64:  # a big-endian machine: the kernel reads native words
+            seed = seed.astype(np.uint64)
         # Small masks (every round of a comparison draws some) skip the TF op dispatch, which cost more than
         # the keystream itself; large ones use the kernel, which shards across cores.  Same words either way.
-        if int(np.prod(shape, dtype=np.int64)) < _PRG_KERNEL_MIN_SIZE:
+        if math.prod(shape) < _PRG_KERNEL_MIN_SIZE:
             return ops.prg_uniform_numpy(seed, list(shape))
         return ops.prg_uniform(seed, list(shape)).numpy()
 
@@ -253,7 +258,7 @@ class OpContext:
             self.send(i - 1, f"{label}/reshare", z)
             return z, self.recv(i + 1, f"{label}/reshare")
         shape = list(np.shape(z))
-        if int(np.prod(shape, dtype=np.int64)) <= ONE_ROUND_TRUNC_MAX_SIZE:
+        if math.prod(shape) <= ONE_ROUND_TRUNC_MAX_SIZE:
             return self._reshare_truncate_one_round(z, label, trunc_bits, shape)
         if i == 1:
             self.send(0, f"{label}/t1", z)

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import ctypes
+import math
 import secrets
 import threading
 from typing import Any, Sequence
@@ -146,10 +147,13 @@ def prg_uniform_numpy(seed: Any, shape: Sequence[int], offset: int = 0) -> np.nd
     if seed.ndim != 1 or seed.shape[0] not in (2, 4):
         raise ValueError(f"{fn}: argument `seed` must be a vector of 2 or 4 uint64 words, got shape {seed.shape}")
     dims = _check_dims(fn, shape)
-    size = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    # math.prod, not np.prod: exact for any size, and ~100x cheaper for the few-element shapes of a protocol
+    # round (this function runs dozens of times per secure comparison).
+    size = int(math.prod(dims))
     offset = _check_offset(fn, offset, MAX_OFFSET - size)
     key = np.ascontiguousarray(seed)
     out = np.empty(dims, dtype=np.uint64)
-    if _fill_function()(key.ctypes.data, key.shape[0], offset, out.ctypes.data, size) != 0:
+    fill = _FILL or _fill_function()
+    if fill(key.ctypes.data, key.shape[0], offset, out.ctypes.data, size) != 0:
         raise ValueError(f"{fn}: the kernel refused seed {seed.shape}, shape {dims}, offset {offset}")
     return out
