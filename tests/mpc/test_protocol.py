@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tfppml.mpc as mpc
+from tfppml.errors import PolicyDenied
 from tfppml.mpc import ABY3, SharedTensor
 
 from .conftest import RES, product_tolerance
@@ -174,3 +175,26 @@ def test_bad_arguments_raise_clear_errors(prot, call, error, words):
         assert word in str(info.value)
     # The protocol is still usable after a refused call.
     np.testing.assert_allclose(prot.reveal(prot.share(np.ones(2)) * 2.0), [2.0, 2.0], atol=RES)
+
+
+def test_query_takes_a_shared_input_or_an_array_and_leaves_nothing_behind(inprocess):
+    w = inprocess.share(np.array([[1.0, -2.0], [0.5, 3.0]]))
+    builder, x = inprocess.program([1, 2])
+    inprocess.register_program("lin", mpc.relu(x @ w))
+    inprocess.serve("lin", 3)
+    stores = [set(p.store) for p in inprocess.backend.parties]
+    value = np.array([[2.0, 1.0]])
+    expected = np.maximum(value @ np.array([[1.0, -2.0], [0.5, 3.0]]), 0)
+    # Inline: the array is shared here and travels with the query; the servers keep nothing of it.
+    np.testing.assert_allclose(inprocess.query("lin", value), expected, atol=4 * RES)
+    assert [set(p.store) for p in inprocess.backend.parties] == stores
+    shared = inprocess.share(value)
+    np.testing.assert_allclose(inprocess.query("lin", shared), expected, atol=4 * RES)
+    shared.free()
+    np.testing.assert_allclose(inprocess.query("lin", value), expected, atol=4 * RES)
+    # The quota is spent: a refused inline query leaves nothing behind either.
+    with pytest.raises(PolicyDenied, match="not serving"):
+        inprocess.query("lin", value)
+    assert [set(p.store) for p in inprocess.backend.parties] == stores
+    with pytest.raises(TypeError, match="ABY3.query.*`x` must be numeric"):
+        inprocess.query("lin", "abc")

@@ -278,9 +278,5 @@ class Client:
         return logits
 
     def _query_shared(self, array: np.ndarray) -> np.ndarray:
-        shared = self.protocol.share(array)
-        try:
-            logits = self.protocol.query(self.model_name, shared)
-        finally:
-            shared.free()
-        return logits
+        # The input is secret-shared here and each server's pair travels with the query itself.
+        return self.protocol.query(self.model_name, array)

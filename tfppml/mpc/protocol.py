@@ -234,27 +234,41 @@ class ABY3:
         fn = "ABY3.share"
         if isinstance(value, SharedTensor):
             return self._check_own(value, fn, "value")
+        bits = 0 if integer else self.frac_bits
+        if owner is None:
+            shape, tensors = self._split(value, fn, "value", bits, integer=integer)
+            return self._result("input", {}, shape, bits, tensors)
+        array = self._numeric(value, fn, "value", integer=integer)
+        encoded = self._encode(array, bits, fn, "value")
+        j = self._party_index(owner, "owner", fn)
+        tensors = [{"value": encoded.numpy()} if i == j else {} for i in range(3)]
+        shape = array.shape
+        return self._result("input_from", {"owner": j, "shape": list(shape)}, shape, bits, tensors)
+
+    @staticmethod
+    def _numeric(value: Any, fn: str, arg: str, *, integer: bool) -> np.ndarray:
         if isinstance(value, (tf.Tensor, tf.Variable)):
             value = value.numpy()
         array = np.asarray(value)
         if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-            raise TypeError(f"{fn}: argument `value` must be numeric, got {type(value).__name__} of {array.dtype}")
-        bits = 0 if integer else self.frac_bits
+            raise TypeError(f"{fn}: argument `{arg}` must be numeric, got {type(value).__name__} of {array.dtype}")
         if integer and not np.issubdtype(array.dtype, np.integer) and not np.all(np.round(array) == array):
-            raise ValueError(f"{fn}: argument `value` must hold integers when integer=True")
-        encoded = self._encode(array, bits, fn, "value")
+            raise ValueError(f"{fn}: argument `{arg}` must hold integers when integer=True")
+        return array
+
+    def _split(
+        self, value: Any, fn: str, arg: str, bits: int, *, integer: bool = False
+    ) -> tuple[tuple[int, ...], list[dict]]:
+        """Encodes `value` and splits it here into replicated shares: (shape, each server's {"a", "b"})."""
+        array = self._numeric(value, fn, arg, integer=integer)
+        encoded = self._encode(array, bits, fn, arg).numpy()
         shape = array.shape
-        if owner is None:
-            # Two uniformly random terms from fresh OS-seeded ChaCha20, the third makes the sum.
-            x0 = ops.prg_uniform(new_seed(), list(shape))
-            x1 = ops.prg_uniform(new_seed(), list(shape))
-            x2 = ops.ring_sub(ops.ring_sub(encoded, x0), x1)
-            terms = [t.numpy() for t in (x0, x1, x2)]
-            tensors = [{"a": terms[i], "b": terms[(i + 1) % 3]} for i in range(3)]
-            return self._result("input", {}, shape, bits, tensors)
-        j = self._party_index(owner, "owner", fn)
-        tensors = [{"value": encoded.numpy()} if i == j else {} for i in range(3)]
-        return self._result("input_from", {"owner": j, "shape": list(shape)}, shape, bits, tensors)
+        # Two uniformly random terms from fresh OS-seeded ChaCha20, the third makes the sum (NumPy's uint64
+        # arithmetic wraps modulo 2**64).
+        x0 = ops.prg_uniform_numpy(new_seed(), list(shape))
+        x1 = ops.prg_uniform_numpy(new_seed(), list(shape))
+        terms = [x0, x1, np.subtract(np.subtract(encoded, x0), x1)]
+        return shape, [{"a": terms[i], "b": terms[(i + 1) % 3]} for i in range(3)]
 
     def reveal(self, x: SharedTensor, to: str | None = None) -> np.ndarray | None:
         """Reconstructs a shared value.
@@ -525,10 +539,20 @@ class ABY3:
         answers = self._run("program_status", {"name": name})
         return {key: min(meta[key] for meta, _ in answers) for key in ("quota", "started", "served")}
 
-    def query(self, name: str, x: SharedTensor) -> np.ndarray:
-        """Runs served program `name` on this driver's shared input and reveals the output to this driver only."""
-        x = self._check_own(x, "ABY3.query", "x")
-        answers = self._run("query", {"name": name, "input": x.id})
+    def query(self, name: str, x: SharedTensor | Any) -> np.ndarray:
+        """Runs served program `name` on this driver's input and reveals the output to this driver only.
+
+        Args:
+            name: the served program.
+            x: a SharedTensor of this driver's, or an array: then it is secret-shared here and each server's
+                pair travels with the query (one call per server instead of share + query + free; the servers
+                delete it with the intermediates).
+        """
+        fn = "ABY3.query"
+        if isinstance(x, SharedTensor):
+            answers = self._run("query", {"name": name, "input": self._check_own(x, fn, "x").id})
+        else:
+            answers = self._run("query", {"name": name}, self._split(x, fn, "x", self.frac_bits)[1])
         shapes = {tuple(meta["shape"]) for meta, _ in answers}
         if len(shapes) != 1:
             raise ProtocolError(f"ABY3.query: the servers disagree on the output shape: {sorted(shapes)}")

@@ -832,19 +832,32 @@ def _program_status(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, di
 @party_op("query")
 def _query(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     """Runs a served program on the caller's own shared input and returns this party's term of the output
-    to the caller only.  Intermediate values are deleted afterwards."""
+    to the caller only.  Intermediate values are deleted afterwards.
+
+    The input is either a shared tensor the caller made earlier (args "input") or the caller's pair for this
+    party sent with the query itself (tensors "a" and "b", as for "input"): one call per query instead of three
+    (input, query, free), and the inline input is deleted with the intermediates."""
     name = args.get("name")
     program = ctx.party.programs.get(name)
     if program is None:
         raise ProtocolError(f"no program named {name!r} is registered")
-    input_id = args.get("input")
-    ctx.get(input_id)  # must be the caller's own input
+    inline = "a" in tensors or "b" in tensors
+    if inline:
+        if "input" in args:
+            raise ProtocolError("query: give the input either as 'input' or inline as tensors 'a' and 'b', not both")
+        input_id = f"{ctx.op_id}.input"
+        _input(ctx, {"out": input_id}, tensors)
+    else:
+        input_id = args.get("input")
+        ctx.get(input_id)  # must be the caller's own input
     with ctx.party._programs_lock:
         if program.started >= program.quota:
+            if inline:
+                ctx.party.store.pop(input_id, None)
             raise PolicyDenied(f"program {name!r} is not serving (it answered {program.served} of {program.quota} requests)")
         program.started += 1
     inner = OpContext(ctx.party, ctx.op_id, ctx.caller, privileged=True)
-    produced: list[str] = []
+    produced: list[str] = [input_id] if inline else []
     try:
         for k, step in enumerate(program.steps):
             resolved = {key: _resolve(value, input_id, ctx.op_id) for key, value in step["args"].items()}
