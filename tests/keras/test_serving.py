@@ -45,6 +45,11 @@ MODELS = {
         L.Flatten(), L.Dense(3, activation="softmax")]),
     "functional_bn_reshape": lambda: (lambda inp: tf.keras.Model(inp, L.Dense(4)(L.ReLU()(L.BatchNormalization()(
         L.Dense(8)(L.Reshape((24,))(L.Flatten()(inp))))))))(tf.keras.Input((6, 4))),
+    # Conv2D + folded BatchNormalization before 2x2 pooling (the conv is left untruncated), and before 3x3
+    # pooling (a product by 1/9, the conv truncated as usual).
+    "cnn_bn_pools": lambda: tf.keras.Sequential([
+        L.Conv2D(3, 3, input_shape=(12, 12, 2)), L.BatchNormalization(), L.AveragePooling2D(2), L.ReLU(),
+        L.Conv2D(4, 2, padding="same"), L.AveragePooling2D(3, strides=1), L.Flatten(), L.Dense(3)]),
     "bn_after_relu": lambda: tf.keras.Sequential([L.Dense(8, activation="relu", input_shape=(5,)), L.BatchNormalization(), L.Dense(2)]),
 }
 
@@ -63,6 +68,19 @@ def test_private_logits_match_keras(inprocess, kind):
     plain = logits_model(model)(x).numpy()
     np.testing.assert_allclose(private, plain, atol=5e-3)
     np.testing.assert_array_equal(private.argmax(-1), plain.argmax(-1))
+
+
+def test_convolution_before_power_of_two_pooling_is_truncated_once(inprocess):
+    tf.keras.utils.set_random_seed(0)
+    model = MODELS["cnn"]()
+    model.share(inprocess, name="m_trunc", identity="driver")
+    steps = inprocess.backend.parties[0].programs["m_trunc"].steps
+    convs = [step["args"]["trunc"] for step in steps if step["op"] == "conv2d"]
+    # The first conv feeds 2x2 average pooling: untruncated, the pooling truncates 16 + 2 bits at once; the
+    # second has a ReLU of its own and is truncated as usual.
+    assert convs == [0, 16]
+    assert [step["args"]["bits"] for step in steps if step["op"] == "truncate"] == [18]
+    assert not any(step["op"] == "mul" for step in steps)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 import tfppml.mpc as mpc
 
-from .conftest import RES
+from .conftest import RES, product_tolerance
 
 
 def test_nonnegative_exact_including_edges(prot):
@@ -47,6 +47,31 @@ def test_avg_pool_matches_tf(prot, rng, pool, strides):
     # The window sum (at most window * max|x|) is multiplied by 1/window rounded to within 2**-17.
     window = np.prod(np.broadcast_to(pool, 2))
     np.testing.assert_allclose(result, expected, atol=window * np.abs(x).max() * RES / 2 + 2 * RES)
+
+
+@pytest.mark.parametrize("pool", [2, (2, 4), 3])
+def test_avg_pool_of_an_untruncated_convolution(prot, rng, pool):
+    x = rng.normal(size=(2, 9, 9, 2)) * 3
+    w = rng.normal(size=(3, 3, 2, 4)) * 0.5
+    conv = mpc.conv2d(prot.share(x), prot.share(w), truncate=False)
+    assert conv.frac_bits == 2 * prot.frac_bits
+    exact = tf.nn.conv2d(x, w, 1, "VALID").numpy()
+    # Untruncated: the product of two 16-bit encodings, exact up to the inputs' rounding.
+    np.testing.assert_allclose(prot.reveal(conv), exact, atol=product_tolerance(x, w, k=18))
+    pooled = mpc.avg_pool2d(conv, pool)
+    assert pooled.frac_bits == prot.frac_bits
+    expected = tf.nn.avg_pool2d(exact, pool, pool, "VALID").numpy()
+    np.testing.assert_allclose(prot.reveal(pooled), expected, atol=product_tolerance(x, w, k=18) + 3 * RES)
+
+
+def test_avg_pool_of_a_power_of_two_window_is_one_truncation(inprocess, rng):
+    x = inprocess.share(rng.normal(size=(1, 8, 8, 2)))
+    inprocess.communication_stats(reset=True)
+    mpc.avg_pool2d(x, 2)
+    received = sorted(stats["messages_received"] for stats in inprocess.communication_stats().values())
+    # One one-round truncation (server0 sends to both others, who swap their halves), no product by 1/4: a
+    # product would add one message to every server.
+    assert received == [0, 2, 2]
 
 
 @pytest.mark.parametrize("shape,axis", [((6, 10), -1), ((3, 7), 1), ((5, 4, 3), 0), ((1, 1), -1)])

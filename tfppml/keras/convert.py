@@ -50,6 +50,8 @@ class ConversionContext:
     builder: Any
     weights: list = dataclasses.field(default_factory=list)
     final_layer: Any = None
+    # The layer converted after the current one (None for the last), for fusions such as conv + pooling.
+    next_layer: Any = None
 
     def share_weight(self, value: np.ndarray) -> SharedTensor:
         shared = self.builder.real.share(np.asarray(value, dtype=np.float64))
@@ -116,6 +118,10 @@ def check_model(model: tf.keras.Model) -> list[Any]:
     return chain
 
 
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
 def _is_softmax(layer: Any) -> bool:
     return isinstance(layer, layers.Softmax) or (
         isinstance(layer, layers.Activation) and _activation_name(layer) == "softmax"
@@ -131,6 +137,7 @@ def convert(model: tf.keras.Model, ctx: ConversionContext, x: SharedTensor) -> S
         last = index == len(chain) - 1
         if layer in pending_bn["skip"]:
             continue
+        ctx.next_layer = next((later for later in chain[index + 1:] if later not in pending_bn["skip"]), None)
         if last and _is_softmax(layer):
             warnings.warn(f"dropping the final softmax layer {layer.name!r}: private outputs are logits (same argmax)")
             continue
@@ -170,7 +177,17 @@ def _convert_folded(ctx: ConversionContext, layer: Any, x: SharedTensor, bn: Any
 def _linear_layer(ctx: ConversionContext, layer: Any, x: SharedTensor, kernel: np.ndarray, bias: Any) -> SharedTensor:
     w = ctx.share_weight(kernel)
     if isinstance(layer, layers.Conv2D):
-        y = mpc.conv2d(x, w, strides=layer.strides, padding=layer.padding.upper())
+        # A linear convolution right before average pooling of 2**k windows is not truncated: the pooling
+        # truncates its 2**k times smaller output once, for both (the demo CNN's two convolutions).
+        following = ctx.next_layer
+        defer = (
+            _activation_name(layer) == "linear"
+            and isinstance(following, layers.AveragePooling2D)
+            and following.data_format == "channels_last"
+            and following.padding.upper() == "VALID"
+            and _is_power_of_two(int(np.prod(following.pool_size)))
+        )
+        y = mpc.conv2d(x, w, strides=layer.strides, padding=layer.padding.upper(), truncate=not defer)
     else:
         y = x @ w  # Dense acts on the last axis; leading axes are batch axes of the matmul
     if bias is not None and np.ndim(bias) > 0:

@@ -47,9 +47,11 @@ def matmul(x: SharedTensor, y: Any) -> SharedTensor:
     return _protocol(x, "matmul").matmul(x, y)
 
 
-def conv2d(x: SharedTensor, filters: Any, strides: Any = 1, padding: str = "VALID") -> SharedTensor:
-    """2-D convolution with tf.nn.conv2d's conventions (NHWC input, HWIO filters)."""
-    return _protocol(x, "conv2d").conv2d(x, filters, strides, padding)
+def conv2d(
+    x: SharedTensor, filters: Any, strides: Any = 1, padding: str = "VALID", *, truncate: bool = True
+) -> SharedTensor:
+    """2-D convolution with tf.nn.conv2d's conventions (NHWC input, HWIO filters); see `ABY3.conv2d`."""
+    return _protocol(x, "conv2d").conv2d(x, filters, strides, padding, truncate=truncate)
 
 
 def avg_pool2d(x: SharedTensor, pool_size: Any = 2, strides: Any = None, padding: str = "VALID") -> SharedTensor:

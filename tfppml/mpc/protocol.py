@@ -331,9 +331,11 @@ class ABY3:
         x = self._check_own(x, "ABY3.neg", "x")
         return self._result("neg", {"x": x.id}, x.shape, x.frac_bits)
 
-    def _product(self, op: str, fn: str, x: SharedTensor, y: SharedTensor, shape, extra=None) -> SharedTensor:
+    def _product(
+        self, op: str, fn: str, x: SharedTensor, y: SharedTensor, shape, extra=None, truncate: bool = True
+    ) -> SharedTensor:
         total = x.frac_bits + y.frac_bits
-        trunc = total - self.frac_bits if total > self.frac_bits else 0
+        trunc = total - self.frac_bits if truncate and total > self.frac_bits else 0
         args = {"x": x.id, "y": y.id, "trunc": trunc, **(extra or {})}
         return self._result(op, args, shape, total - trunc)
 
@@ -360,8 +362,15 @@ class ABY3:
             raise ValueError(f"{fn}: batch dimensions of {xs.shape} and {ys.shape} cannot be broadcast") from None
         return self._product("matmul", fn, xs, ys, (*batch, xs.shape[-2], ys.shape[-1]))
 
-    def conv2d(self, x: Operand, filters: Operand, strides: Any = 1, padding: str = "VALID") -> SharedTensor:
-        """2-D convolution as tf.nn.conv2d: x is NHWC, filters HWIO; padding "VALID" or "SAME"."""
+    def conv2d(
+        self, x: Operand, filters: Operand, strides: Any = 1, padding: str = "VALID", *, truncate: bool = True
+    ) -> SharedTensor:
+        """2-D convolution as tf.nn.conv2d: x is NHWC, filters HWIO; padding "VALID" or "SAME".
+
+        truncate=False leaves the result at the sum of the operands' fractional bits (no interaction beyond the
+        product's one message): for a following step that truncates anyway, e.g. `avg_pool2d`, which then
+        truncates the smaller pooled tensor once instead of the convolution's output.
+        """
         fn = "tfppml.mpc.conv2d"
         xs, ws = self._operand(x, fn, "x"), self._operand(filters, fn, "filters")
         if xs.ndim != 4 or ws.ndim != 4:
@@ -381,7 +390,9 @@ class ABY3:
                 raise ValueError(f"{fn}: filters {kh}x{kw} are larger than the input {h}x{w} with VALID padding")
             oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
         extra = {"strides": [sh, sw], "padding": padding}
-        return self._product("conv2d", fn, xs, ws, (n, oh, ow, cout), extra)
+        if not isinstance(truncate, bool):
+            raise TypeError(f"{fn}: argument `truncate` must be a bool, got {type(truncate).__name__}")
+        return self._product("conv2d", fn, xs, ws, (n, oh, ow, cout), extra, truncate=truncate)
 
     def truncate(self, x: SharedTensor, bits: int) -> SharedTensor:
         """Divides by 2**bits, lowering the fractional bits of x by `bits` (interactive)."""
@@ -481,12 +492,26 @@ class ABY3:
         return pool, stride, shape
 
     def avg_pool2d(self, x: SharedTensor, pool_size: Any = 2, strides: Any = None, padding: str = "VALID") -> SharedTensor:
-        """Average pooling (NHWC, VALID): a local window sum times the public 1 / window size."""
+        """Average pooling (NHWC, VALID): a local window sum, then one truncation.
+
+        A window of 2**k elements divides by truncating k more bits (one truncation round, no product); other
+        windows multiply by the public 1 / window size.  An input with more fractional bits than the protocol's
+        (an untruncated product) is brought down to them in the same truncation.
+        """
         fn = "tfppml.mpc.avg_pool2d"
         x = self._check_own(x, fn, "x")
         pool, stride, shape = self._pool_args(fn, x, pool_size, strides, padding)
         summed = self._result("window_sum", {"x": x.id, "pool": pool, "strides": stride}, shape, x.frac_bits)
-        return self.mul(summed, 1.0 / (pool[0] * pool[1]))
+        area = pool[0] * pool[1]
+        extra = max(x.frac_bits - self.frac_bits, 0)
+        if area & (area - 1) == 0:
+            bits = extra + area.bit_length() - 1
+            if bits == 0:
+                return summed
+            return self._result("truncate", {"x": summed.id, "bits": bits}, shape, x.frac_bits - extra)
+        if extra:
+            summed = self.truncate(summed, extra)
+        return self.mul(summed, 1.0 / area)
 
     def max_pool2d(self, x: SharedTensor, pool_size: Any = 2, strides: Any = None, padding: str = "VALID") -> SharedTensor:
         """Max pooling (NHWC, VALID) by a tournament of secure comparisons."""
