@@ -332,8 +332,13 @@ class OpContext:
     def msb(self, x: Pair, label: str) -> Pair:
         """XOR shares of the most significant bit (the sign) of an additively shared x, in bit 0.
 
-        The three additive terms are XOR-shared as they stand (x_j known to the two parties holding it), added
-        with a carry-save step and a Kogge-Stone parallel-prefix adder on 64-bit words: 8 rounds of ANDs.
+        The three additive terms are XOR-shared as they stand (x_j known to the two parties holding it) and added
+        with a carry-save step (2 rounds: maj, then generate = s & c).  The carry into bit 63 then comes from a
+        binary tree of the carry operator (g, p)_hi o (g, p)_lo = (g_hi ^ p_hi g_lo, p_hi p_lo) over the 64 bit
+        positions, position 63 set to its identity (g = 0, p = 1): 6 rounds.  A level's two ANDs share one word
+        per element: p_hi & g_lo lands on the bit positions of the high groups and p_hi & p_lo on those of the
+        low groups, so a level sends 64 bits per element where a Kogge-Stone prefix over whole words sends 128:
+        512 bits per element for the whole MSB instead of 832, in the same 8 rounds.
         """
         zero = np.zeros_like(x[0])
         # Party i's pairs of the XOR sharings of x_i, x_{i+1}, x_{i+2}.
@@ -344,35 +349,33 @@ class OpContext:
         def xor(p: Pair, q: Pair) -> Pair:
             return bxor(p[0], q[0]), bxor(p[1], q[1])
 
-        def shl(p: Pair, bits: int) -> Pair:
-            return shift_left(p[0], bits), shift_left(p[1], bits)
-
         # Carry-save: x0 + x1 + x2 = s + 2*maj(x0, x1, x2), maj = ((x0^x1) & (x0^x2)) ^ x0.
         s = xor(xor(t0, t1), t2)
         maj = xor(self.and_(xor(t0, t1), xor(t0, t2), f"{label}/maj"), t0)
-        c = shl(maj, 1)
+        c = (shift_left(maj[0], 1), shift_left(maj[1], 1))
         p = xor(s, c)
         g = self.and_(s, c, f"{label}/g")
-        p0 = p
-        shift = 1
-        while shift < WORD_BITS:
-            gs = shl(g, shift)
-            if shift * 2 < WORD_BITS:
-                # One message for both ANDs of the level.
-                both = self.and_(
-                    (np.stack([p[0], p[0]]), np.stack([p[1], p[1]])),
-                    (np.stack([gs[0], shift_left(p[0], shift)]), np.stack([gs[1], shift_left(p[1], shift)])),
-                    f"{label}/ks{shift}",
-                )
-                g = xor(g, (both[0][0], both[1][0]))
-                p = (both[0][1], both[1][1])
-            else:
-                g = xor(g, self.and_(p, gs, f"{label}/ks{shift}"))
-            shift *= 2
-        # Bit 63 of the sum is p0[63] ^ carry into 63 = p0[63] ^ g[62].
-        top = xor(p0, shl(g, 1))
+        top = p  # bit 63 of the sum is p[63] ^ (carry into 63)
+        # Position 63 becomes the identity of the carry operator, so the tree's root is the carry into bit 63.
+        low63 = _u64((1 << 63) - 1)
+        bit63 = public_term(self.i, _u64(1 << 63), p[0])
+        g = band(g[0], low63), band(g[1], low63)
+        p = bxor(band(p[0], low63), bit63[0]), bxor(band(p[1], low63), bit63[1])
+        # Invariant: a group of `size` positions keeps its (g, p) on its top position.
+        size = 1
+        while size < WORD_BITS:
+            high, low = _GROUP_TOPS[size]
+            shift = _u64(size)
+            p_high = band(p[0], high), band(p[1], high)
+            # x: p_hi on the high tops and, shifted, on the low tops; y: g_lo moved up to the high tops, p_lo.
+            left = tuple(bxor(p_high[k], np.right_shift(p_high[k], shift)) for k in range(2))
+            right = tuple(bxor(np.left_shift(band(g[k], low), shift), band(p[k], low)) for k in range(2))
+            both = self.and_(left, right, f"{label}/tree{size}")
+            g = tuple(bxor(band(g[k], high), band(both[k], high)) for k in range(2))
+            p = tuple(np.left_shift(band(both[k], low), shift) for k in range(2))
+            size *= 2
         one = _u64(1)
-        return band(shift_right_logical(top[0], 63), one), band(shift_right_logical(top[1], 63), one)
+        return tuple(band(shift_right_logical(bxor(top[k], g[k]), 63), one) for k in range(2))
 
     def bit_to_arith(self, bit: Pair, label: str) -> Pair:
         """Additive shares of b = b0 ^ b1 ^ b2 from XOR shares of a single bit (2 rounds)."""
@@ -399,6 +402,18 @@ class OpContext:
         d = sub(x, y)
         bit = self.nonnegative(d, f"{label}/ge")
         return add(y, self.multiply(bit, d, f"{label}/sel", 0))
+
+
+def _group_tops(size: int) -> tuple[np.uint64, np.uint64]:
+    """Masks of the top positions of the high and of the low `size`-bit group in every 2*size-bit block."""
+    high = low = 0
+    for block in range(0, WORD_BITS, 2 * size):
+        high |= 1 << (block + 2 * size - 1)
+        low |= 1 << (block + size - 1)
+    return _u64(high), _u64(low)
+
+
+_GROUP_TOPS = {1 << k: _group_tops(1 << k) for k in range(6)}
 
 
 def public_term(i: int, value: Any, like: np.ndarray) -> Pair:
