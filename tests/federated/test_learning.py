@@ -40,6 +40,20 @@ def test_secure_fedavg_matches_plain_fedavg(digits):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_sparse_graph_secure_fedavg_matches_plain_fedavg(digits):
+    # SecAgg+ graph (each of 6 clients masks with 2 neighbours), masks expanded in TensorFlow inside TFF.
+    cds, model_fn, (xt, yt) = digits
+    plain = learning.FederatedTrainer(cds, model_fn, clients_per_round=6, seed=2)
+    secure = learning.FederatedTrainer(
+        cds, model_fn, clients_per_round=6, seed=2, secure=True, neighbours=2, precomputed_masks=False
+    )
+    assert secure.neighbours == 2 and secure.threshold == 3 and secure.mask_size is None
+    for _ in range(2):
+        plain.run_round(), secure.run_round()
+    for a, b in zip(plain.model_weights().trainable, secure.model_weights().trainable):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_secure_fedavg_survives_dropouts_up_to_the_threshold_only(digits):
     cds, model_fn, _ = digits
     ok = learning.FederatedTrainer(cds, model_fn, clients_per_round=4, secure=True, dropout=0.25)
@@ -69,6 +83,10 @@ def test_argument_errors_name_the_argument(digits):
         learning.FederatedTrainer(cds, model_fn, algorithm="sgd")
     with pytest.raises(ValueError, match=r"clients_per_round must be an int in \[1, 8\].*got 9"):
         learning.FederatedTrainer(cds, model_fn, clients_per_round=9)
+    with pytest.raises(ValueError, match=r"neighbours must be None, 'auto' or an even int in \[2, 3\], got 3"):
+        learning.FederatedTrainer(cds, model_fn, clients_per_round=4, secure=True, neighbours=3)
+    with pytest.raises(ValueError, match=r"neighbours applies to secure aggregation only \(secure=True\), got neighbours=2"):
+        learning.FederatedTrainer(cds, model_fn, clients_per_round=4, neighbours=2)
     with pytest.raises(ValueError, match=r"meta_step_size must be in \(0, 1\], got 2"):
         learning.build_reptile(model_fn, meta_step_size=2)
     with pytest.raises(ValueError, match=r"partition must be 'iid' or 'dirichlet:ALPHA'.*got 'dirichlet:x'"):

@@ -48,7 +48,9 @@ def test_secure_round_on_a_loopback_worker_equals_the_in_process_run():
         with use_remote_worker(worker.address):
             remote_metrics, remote_weights = _secure_round(digits)
         # The round's computations ran in the worker we started (it did the work), not in the default one.
-        assert _cpu_seconds(worker.pid) - before > 0.5
+        # (An idle worker uses next to no CPU; a 4-client secure round ~0.3 s now that the masks are expanded
+        # with the key exchange, over 0.5 s when the worker expanded them.)
+        assert _cpu_seconds(worker.pid) - before > 0.1
     finally:
         code = worker.stop()
     assert not worker.running() and not _alive(worker.pid), f"worker {worker.pid} outlived stop()"

@@ -154,3 +154,97 @@ def test_argument_errors_name_the_argument():
         tsa.SecureSumFactory(4).create(tsa.secure_value_type(tff.TensorType(np.float32, [3]), 5))
     with pytest.raises(ValueError, match=r"participants must be distinct ids in \[0, 4\)"):
         tsa.prepare_round(4, 3, [0, 1, 7])
+
+
+# ------------------------------------------------------------------ sparse graph (SecAgg+), precomputed masks
+SPARSE_N, SPARSE_K = 10, 4  # holders per client m = 5; max_dropout_fraction 0.34 -> threshold 4
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["tf-masks", "precomputed-masks"])
+def sparse_process(request):
+    factory = tsa.SecureSumFactory(SPARSE_N, max_dropout_fraction=0.34, frac_bits=FRAC, neighbours=SPARSE_K)
+    assert factory.threshold == 4 and factory.neighbours == SPARSE_K
+    value_type = tsa.secure_value_type(
+        tff.TensorType(np.float32, [SIZE]), SPARSE_N, SPARSE_K, precomputed_masks=request.param
+    )
+    mask_size = SIZE + 1 if request.param else None
+    return factory, factory.create(value_type), mask_size
+
+
+def _sparse_materials(factory, mask_size, round_id):
+    return tsa.prepare_round(
+        SPARSE_N, factory.threshold, range(SPARSE_N), round_id=round_id, neighbours=factory.neighbours,
+        mask_size=mask_size,
+    )
+
+
+def test_sparse_secure_sum_equals_plain_sum_exactly(sparse_process):
+    factory, process, mask_size = sparse_process
+    updates = _grid(np.random.default_rng(21), SPARSE_N)
+    materials = _sparse_materials(factory, mask_size, 21)
+    assert all(m["peers"].shape == (SPARSE_K,) for m in materials)  # each client masks with 4 neighbours only
+    out = process.next(process.initialize(), _values(updates, materials))
+    assert out.measurements["secure_ok"] and out.measurements["secure_unrecoverable"] == 0
+    np.testing.assert_array_equal(out.result, updates.sum(axis=0))
+
+
+def test_sparse_dropouts_up_to_the_neighbourhood_threshold_decode(sparse_process):
+    factory, process, mask_size = sparse_process
+    updates = _grid(np.random.default_rng(22), SPARSE_N)
+    materials = _sparse_materials(factory, mask_size, 22)
+    # Two clients that share no holder set (on the cycle of 10 with 4 neighbours: opposite clients) drop before
+    # sending their input: every holder set loses at most one of its 5 members, keeping the threshold 4.
+    first = 0
+    second = next(v for v in range(1, SPARSE_N) if not any({first, v} <= set(m["held"].tolist()) for m in materials))
+    keep = [v for v in range(SPARSE_N) if v not in (first, second)]
+    for v in keep:
+        assert len(set(materials[v]["held"].tolist()) - {first, second}) >= factory.threshold
+    out = process.next(process.initialize(), _values(updates[keep], [materials[i] for i in keep]))
+    assert out.measurements["secure_ok"], out.measurements
+    np.testing.assert_array_equal(out.result, updates[keep].sum(axis=0))
+
+
+def test_sparse_dropouts_beyond_a_neighbourhood_threshold_fail_clearly(sparse_process):
+    factory, process, mask_size = sparse_process
+    updates = _grid(np.random.default_rng(23), SPARSE_N)
+    materials = _sparse_materials(factory, mask_size, 23)
+    gone = set(materials[0]["peers"][:2].tolist())  # client 0 keeps only 3 of its 5 holders, below 4
+    keep = [v for v in range(SPARSE_N) if v not in gone]
+    out = process.next(process.initialize(), _values(updates[keep], [materials[i] for i in keep]))
+    assert out.measurements["secure_clients"] == 8  # globally far above the threshold ...
+    assert not out.measurements["secure_ok"] and out.measurements["secure_unrecoverable"] >= 1  # ... but not locally
+    np.testing.assert_array_equal(out.result, np.zeros(SIZE, np.float32))
+    with pytest.raises(ProtocolError, match=r"self masks of \d+ senders cannot be rebuilt: fewer than the threshold 4"):
+        tsa.check_measurements({"aggregator": out.measurements})
+
+
+def test_precomputed_mask_what_the_server_receives_is_independent_of_the_update():
+    size, n = 3000, 6
+    factory = tsa.SecureSumFactory(n, max_dropout_fraction=0.0, neighbours=2)
+    value_type = tsa.secure_value_type(tff.TensorType(np.float32, [size]), n, 2, precomputed_masks=True)
+    client_masking = factory.client_masking(value_type)
+    materials = tsa.prepare_round(n, factory.threshold, range(n), neighbours=2, mask_size=size + 1)
+    sent = {}
+    for name, update in (("zeros", np.zeros(size, np.float32)), ("large", np.full(size, 0.9, np.float32))):
+        out = client_masking(collections.OrderedDict(update=update, secagg=materials[0]))
+        assert sorted(out) == ["masked", "present"]
+        sent[name] = out["masked"]
+    assert stats.ks_2samp(_as_unit(sent["zeros"]), _as_unit(sent["large"])).pvalue > 1e-3
+    for y in sent.values():
+        assert stats.kstest(_as_unit(y), "uniform").pvalue > 1e-3
+    # The precomputed mask is exactly what the TF expansion of the same keys gives.
+    tf_masking = factory.client_masking(tsa.secure_value_type(tff.TensorType(np.float32, [size]), n, 2))
+    plain = {k: v for k, v in materials[0].items() if k != "mask"}
+    expected = tf_masking(collections.OrderedDict(update=np.zeros(size, np.float32), secagg=plain))["masked"]
+    np.testing.assert_array_equal(sent["zeros"], expected)
+
+
+def test_sparse_argument_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"neighbours must be None, 'auto' or an even int in \[2, 9\], got 3"):
+        tsa.SecureSumFactory(10, neighbours=3)
+    with pytest.raises(TypeError, match=r"value_type.secagg must be material_type\(10, neighbours=4\)"):
+        tsa.SecureSumFactory(10, neighbours=4).create(tsa.secure_value_type(tff.TensorType(np.float32, [3]), 10))
+    with pytest.raises(ValueError, match=r"mask_size must be None or an int >= 1, got 0"):
+        tsa.prepare_round(4, 3, range(4), mask_size=0)
+    assert tsa.SecureAggregationFactory(100, neighbours="auto").neighbours == 34
+    assert tsa.SecureAggregationFactory(10, neighbours="auto").neighbours is None  # auto is complete below ~36

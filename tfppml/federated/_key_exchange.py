@@ -1,7 +1,8 @@
 """Helper process for :class:`tfppml.federated.FederatedTrainer`'s ``overlap_key_exchange``.
 
 Run as ``python -m tfppml.federated._key_exchange``: reads pickled ``(num_clients, threshold, participants,
-round_id)`` tuples from stdin and writes back, for each, the pickled result of
+round_id, neighbours, mask_size)`` tuples (the positional arguments of ``mask_materials``) from stdin and
+writes back, for each, the pickled result of
 :func:`tfppml.federated.secure_agg.mask_materials` (or the exception it raised), until stdin closes.  The parent
 is its only peer (two pipes, no socket), so when the parent exits or dies the helper reads end-of-file and
 exits too.  Why a fresh interpreter rather than ``multiprocessing``: its "spawn" and "forkserver" start methods

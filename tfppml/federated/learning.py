@@ -41,6 +41,7 @@ import pathlib
 import pickle
 import subprocess
 import sys
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -52,7 +53,7 @@ from tensorflow_federated.python.learning.templates import model_delta_client_wo
 
 from tfppml.dp.accounting import compute_epsilon
 from tfppml.federated import tff_secure_agg as tsa
-from tfppml.federated.secure_agg import mask_materials
+from tfppml.federated.secure_agg import resolve_neighbours
 
 __all__ = [
     "ALGORITHMS",
@@ -73,7 +74,7 @@ def _sgd(lr: float) -> tff.learning.optimizers.Optimizer:
 
 def secure_client_data(dataset: tf.data.Dataset, material: dict) -> collections.OrderedDict:
     """One client's input to a secure process: its dataset and its mask material (a plain structure)."""
-    names = [name for name, _ in tff.structure.iter_elements(tsa.material_type(1))]
+    names = [name for name in tsa.MATERIAL_FIELDS if name in material]
     ordered = collections.OrderedDict((name, material[name]) for name in names)  # TFF refuses plain dicts here
     return collections.OrderedDict(data=dataset, secagg=ordered)
 
@@ -90,7 +91,9 @@ def _as_weighted(process: tff.templates.AggregationProcess) -> tff.templates.Agg
     return tff.templates.AggregationProcess(process.initialize, next_fn)
 
 
-def _compose(model_fn, client_optimizer, server_optimizer, aggregator_for, weighting, secure_slots):
+def _compose(
+    model_fn, client_optimizer, server_optimizer, aggregator_for, weighting, secure_slots, neighbours, precomputed_masks
+):
     """The FedAvg learning process from TFF's parts, with mask material beside each client's dataset.
 
     Why not ``tff.learning.templates.compose_learning_process``: it requires every client input to be a
@@ -112,10 +115,13 @@ def _compose(model_fn, client_optimizer, server_optimizer, aggregator_for, weigh
     )
     distributor = tff.learning.templates.build_broadcast_process(weights_type)
     finalizer = tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type)
-    aggregator = aggregator_for(tsa.secure_value_type(weights_type.trainable, secure_slots))
+    value_type = tsa.secure_value_type(
+        weights_type.trainable, secure_slots, neighbours, precomputed_masks=precomputed_masks
+    )
+    aggregator = aggregator_for(value_type)
     data_type = client_work.next.type_signature.parameter[2].member
     client_data_type = tff.StructWithPythonType(
-        [("data", data_type), ("secagg", tsa.material_type(secure_slots))], collections.OrderedDict
+        [("data", data_type), ("secagg", value_type.secagg)], collections.OrderedDict
     )
     state_cls = tff.learning.templates.LearningAlgorithmState
 
@@ -166,6 +172,8 @@ def build_secure_fed_avg(
     clip: float = 1.0,
     frac_bits: int = 24,
     client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
+    neighbours: int | str | None = None,
+    precomputed_masks: bool = False,
 ) -> tff.learning.templates.LearningProcess:
     """Weighted FedAvg with secure aggregation of the model updates.
 
@@ -176,11 +184,16 @@ def build_secure_fed_avg(
         clients_per_round: Slots of the secure aggregation (the most clients one round can hold).
         max_dropout_fraction, clip, frac_bits: See :class:`~tfppml.federated.SecureAggregationFactory`.
         client_weighting: ``NUM_EXAMPLES`` (FedAvg) or ``UNIFORM``.
+        neighbours: The masking graph (None: complete; ``"auto"`` or an even int: SecAgg+), see
+            :class:`~tfppml.federated.SecureAggregationFactory`.
+        precomputed_masks: The client data's material carries each client's whole mask (made by
+            :func:`~tfppml.federated.tff_secure_agg.prepare_round` with ``mask_size`` = model size + 1)
+            instead of having TensorFlow expand it from the keys.
 
     Returns:
         A learning process whose ``next`` takes, per client, :func:`secure_client_data`.
     """
-    factory = tsa.SecureAggregationFactory(clients_per_round, max_dropout_fraction, clip, frac_bits)
+    factory = tsa.SecureAggregationFactory(clients_per_round, max_dropout_fraction, clip, frac_bits, neighbours)
     server = server_optimizer_fn if server_optimizer_fn is not None else _sgd(1.0)
     return _compose(
         model_fn,
@@ -189,6 +202,8 @@ def build_secure_fed_avg(
         lambda t: factory.create(t, tff.TensorType(np.float32)),
         client_weighting,
         clients_per_round,
+        factory.neighbours,
+        precomputed_masks,
     )
 
 
@@ -202,6 +217,8 @@ def build_dp_fed_avg(
     clip: float = 0.1,
     secure: bool = False,
     max_dropout_fraction: float = 0.3,
+    neighbours: int | str | None = None,
+    precomputed_masks: bool = False,
 ) -> tff.learning.templates.LearningProcess:
     """DP-FedAvg (McMahan et al. 2018): uniform weighting, client L2 clipping, Gaussian noise at the server.
 
@@ -212,7 +229,8 @@ def build_dp_fed_avg(
         clip: L2 norm bound of each client's update.
         secure: Sum the clipped updates by secure aggregation (:func:`tsa.secure_dp_aggregator`, with
             `clients_per_round` slots); client data is then :func:`secure_client_data`.
-        max_dropout_fraction: For the secure aggregation.
+        max_dropout_fraction, neighbours, precomputed_masks: For the secure aggregation (see
+            :func:`build_secure_fed_avg`).
 
     Returns:
         A learning process.
@@ -225,7 +243,8 @@ def build_dp_fed_avg(
         return tff.learning.algorithms.build_unweighted_fed_avg(
             model_fn, client_optimizer_fn, server, model_aggregator=dp
         )
-    dp = tsa.secure_dp_aggregator(noise_multiplier, clients_per_round, clip, max_dropout_fraction)
+    k = resolve_neighbours(clients_per_round, neighbours)
+    dp = tsa.secure_dp_aggregator(noise_multiplier, clients_per_round, clip, max_dropout_fraction, neighbours=k)
     return _compose(
         model_fn,
         client_optimizer_fn,
@@ -233,6 +252,8 @@ def build_dp_fed_avg(
         lambda t: _as_weighted(dp.create(t)),
         tff.learning.ClientWeighting.UNIFORM,
         clients_per_round,
+        k,
+        precomputed_masks,
     )
 
 
@@ -244,6 +265,8 @@ def build_reptile(
     secure: bool = False,
     clients_per_round: int | None = None,
     max_dropout_fraction: float = 0.3,
+    neighbours: int | str | None = None,
+    precomputed_masks: bool = False,
 ) -> tff.learning.templates.LearningProcess:
     """Federated Reptile: `k` local SGD steps, uniform (secure) average, server step of `meta_step_size`.
 
@@ -256,7 +279,8 @@ def build_reptile(
         meta_step_size: Fraction of the way from the global weights to the clients' average, in (0, 1].
         secure: Average by secure aggregation (client data is then :func:`secure_client_data`).
         clients_per_round: Slots of the secure aggregation (required when `secure`).
-        max_dropout_fraction: For the secure aggregation.
+        max_dropout_fraction, neighbours, precomputed_masks: For the secure aggregation (see
+            :func:`build_secure_fed_avg`).
 
     Returns:
         A learning process.
@@ -278,6 +302,8 @@ def build_reptile(
         clients_per_round=clients_per_round,
         max_dropout_fraction=max_dropout_fraction,
         client_weighting=tff.learning.ClientWeighting.UNIFORM,
+        neighbours=neighbours,
+        precomputed_masks=precomputed_masks,
     )
 
 
@@ -366,6 +392,14 @@ class FederatedTrainer:
             The helper is ``python -m tfppml.federated._key_exchange`` talking over two pipes; call
             :meth:`close` (or use the trainer as a context manager) to stop it early; it is also stopped at
             interpreter exit, and exits by itself when this process dies (its stdin closes).
+        neighbours: The secure aggregation's masking graph: None (complete graph, Bonawitz et al.),
+            ``"auto"`` or an even int (SecAgg+: each client masks with and shares among that many neighbours;
+            see :class:`~tfppml.federated.SecureAggregationFactory`).
+        precomputed_masks: With `secure`, expand each client's whole mask with its key exchange (the ChaCha20
+            kernel, in Python) and only add it inside TFF, instead of expanding it with TensorFlow ops inside
+            TFF's worker_binary.  Either way the mask is made from that client's own keys and reaches only its
+            own TFF value.
+
     Raises:
         ValueError: an argument is out of range (the message names it).
     """
@@ -388,6 +422,8 @@ class FederatedTrainer:
         max_dropout_fraction: float = 0.3,
         seed: int = 0,
         overlap_key_exchange: bool = False,
+        neighbours: int | str | None = None,
+        precomputed_masks: bool = True,
     ):
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
@@ -398,6 +434,8 @@ class FederatedTrainer:
             raise ValueError(f"clients_per_round must be >= 2 with secure aggregation, got {clients_per_round}")
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be in [0, 1], got {dropout!r}")
+        if neighbours is not None and not secure:
+            raise ValueError(f"neighbours applies to secure aggregation only (secure=True), got neighbours={neighbours!r}")
         if dp_noise is not None and algorithm != "fedavg":
             raise ValueError(f"dp_noise is supported with algorithm='fedavg' only, got algorithm={algorithm!r}")
         self.datasets = list(client_datasets)
@@ -407,20 +445,24 @@ class FederatedTrainer:
         self.rng = np.random.default_rng(seed)
         self.round = 0
         self.slots = self.clients_per_round  # one secure-aggregation slot per sampled client
+        self.neighbours = resolve_neighbours(self.slots, neighbours) if secure else None
+        self.precomputed_masks = bool(precomputed_masks) and self.secure
+        masking = dict(neighbours=self.neighbours, precomputed_masks=self.precomputed_masks) if secure else {}
         if dp_noise is not None:
             self.process = build_dp_fed_avg(
                 model_fn, _sgd(client_lr), _sgd(server_lr), noise_multiplier=dp_noise,
                 clients_per_round=self.clients_per_round, clip=dp_clip, secure=secure, max_dropout_fraction=max_dropout_fraction,
+                **masking,
             )
         elif algorithm == "reptile":
             self.process = build_reptile(
                 model_fn, client_lr, server_lr, secure=secure, clients_per_round=self.slots,
-                max_dropout_fraction=max_dropout_fraction,
+                max_dropout_fraction=max_dropout_fraction, **masking,
             )
         elif secure:
             self.process = build_secure_fed_avg(
                 model_fn, _sgd(client_lr), _sgd(server_lr), clients_per_round=self.slots,
-                max_dropout_fraction=max_dropout_fraction,
+                max_dropout_fraction=max_dropout_fraction, **masking,
             )
         else:
             self.process = tff.learning.algorithms.build_weighted_fed_avg(model_fn, _sgd(client_lr), _sgd(server_lr))
@@ -428,8 +470,15 @@ class FederatedTrainer:
         self.overlap_key_exchange = bool(overlap_key_exchange)
         self._pending: tuple[int, _KeyExchangeHelper] | None = None
         self._helper: _KeyExchangeHelper | None = None
+        self.mask_size = None
+        #: Wall time of the last round's parts: ``prepare`` (sampling, key exchange or waiting for the helper,
+        #: building the client data) and ``tff`` (the TFF call).
+        self.last_round_seconds: dict[str, float] = {}
         if secure:
-            self.threshold = tsa.SecureSumFactory(self.slots, max_dropout_fraction).threshold
+            self.threshold = tsa.SecureSumFactory(self.slots, max_dropout_fraction, neighbours=self.neighbours).threshold
+            if self.precomputed_masks:
+                client_data = self.process.next.type_signature.parameter[1].member
+                self.mask_size = int(client_data.secagg.mask.shape[0])
         self.state = self.process.initialize()
 
     def _sample(self) -> list[int]:
@@ -448,6 +497,7 @@ class FederatedTrainer:
         """
         picked = self._sample()
         extra = {"clients": len(picked)}
+        start = time.perf_counter()
         if self.secure:
             # The k-th sampled client takes slot k of this round's key exchange.
             materials = self._materials(self.round)
@@ -459,7 +509,9 @@ class FederatedTrainer:
             extra["dropped"] = len(dropped)
         else:
             data = [self._data(c) for c in picked]
+        prepared = time.perf_counter()
         out = self.process.next(self.state, data)
+        self.last_round_seconds = {"prepare": prepared - start, "tff": time.perf_counter() - prepared}
         tsa.check_measurements(out.metrics)
         self.state = out.state
         self.round += 1
@@ -467,7 +519,9 @@ class FederatedTrainer:
         return {"loss": float(train["loss"]), "accuracy": float(train["sparse_categorical_accuracy"]), **extra, **self._epsilon()}
 
     def _key_exchange_args(self, round_id: int) -> tuple:
-        return (self.slots, self.threshold, list(range(self.clients_per_round)), round_id)
+        return (
+            self.slots, self.threshold, list(range(self.clients_per_round)), round_id, self.neighbours, self.mask_size
+        )
 
     def _materials(self, round_id: int) -> list[dict]:
         """This round's mask material (from the helper process if its exchange was started there)."""
@@ -476,7 +530,8 @@ class FederatedTrainer:
             materials = pending[1].result()  # blocks if the helper has not finished
         else:  # first round, overlap off, or the previous round failed and is being run again
             materials = tsa.prepare_round(
-                self.slots, self.threshold, range(self.clients_per_round), round_id=round_id
+                self.slots, self.threshold, range(self.clients_per_round), round_id=round_id,
+                neighbours=self.neighbours, mask_size=self.mask_size,
             )
         if self.overlap_key_exchange:
             if self._helper is None:

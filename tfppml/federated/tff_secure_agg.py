@@ -4,37 +4,49 @@ Where each step runs, and who sees what
 ---------------------------------------
 TFF 0.87 gives an aggregation process no client-placed input except the value being aggregated, and runs
 every TensorFlow computation inside its C++ ``worker_binary``, which has no Python and none of tfppml's
-kernels.  X25519, HKDF, AES-GCM and Shamir over GF(2**521 - 1) therefore cannot run inside TFF.  The protocol
-of :mod:`tfppml.federated.secure_agg` (Bonawitz et al., CCS 2017) is split accordingly:
+kernels.  X25519, HKDF and AES-GCM therefore cannot run inside TFF.  The protocol of
+:mod:`tfppml.federated.secure_agg` (Bonawitz et al., CCS 2017, optionally with the sparse SecAgg+ graph of Bell
+et al., CCS 2020: ``neighbours=``) is split accordingly:
 
 1. **Rounds 0-1 (key advertisement, encrypted share exchange) run in Python**, before the TFF call, on the
    simulated clients' :class:`~tfppml.federated.secure_agg.SecAggClient` objects, with a
    :class:`~tfppml.federated.secure_agg.SecAggServer` routing only public keys and AES-GCM ciphertexts
    (:func:`prepare_round`).  Each client ends with its *mask material*
    (:meth:`SecAggClient.mask_material`): its self-mask seed ``b_u``, the ChaCha20 keys it shares with each
-   peer, and its Shamir shares (chunked, over GF(2**31 - 1)) of every peer's ``b_v``.
+   neighbour, its Shamir shares (chunked, over GF(2**31 - 1)) of every neighbour's ``b_v``, the public graph
+   around it, and, with ``prepare_round(mask_size=...)``, its whole round-2 mask already expanded (the
+   ChaCha20 kernel, in the driver) so that TFF only adds it.
 2. **The material enters the TFF computation as part of the CLIENT-placed value** (the ``secagg`` field of
    the value, beside the ``update``).  Round 2 runs in a client-placed TF computation: clip, quantise into
-   Z_2^64 and add ``PRG(b_u)`` and the signed pairwise masks (ChaCha20 in stock TF ops,
-   :mod:`tfppml.federated.tf_chacha`).  ``tff.federated_sum`` adds the masked vectors in uint64, which wraps
+   Z_2^64 and add the precomputed mask, or (material without one) ``PRG(b_u)`` and the signed pairwise masks
+   expanded there (ChaCha20 in stock TF ops, :mod:`tfppml.federated.tf_chacha`; several times slower).
+   ``tff.federated_sum`` adds the masked vectors in uint64, which wraps
    mod 2**64 exactly (tested).  A one-hot of each client's id is summed beside it, so the server learns who
    sent an input (U3), as in the protocol.
-3. **Round 3 (unmasking) runs inside the same TFF computation.**  The server broadcasts U3 and the Lagrange
-   coefficients of U3 at 0 (computed in int64 TF ops).  Each client returns ``lambda_u * share_u(b_v) mod p``
-   for every sender ``v`` (Shamir reconstruction is linear, so a federated sum of these *is* the
-   reconstruction) and, for every peer ``v`` that shared keys but sent no input (dropped mid-round), the
-   signed pairwise masks it added with ``v``.  The server rebuilds each sender's ``b_v``, expands and removes
-   the self masks and the dropped clients' pairwise masks, and decodes the ring sum.
+3. **Round 3 (unmasking) runs inside the same TFF computation.**  The server broadcasts U3.  Each client
+   whose own holders include at least `threshold` senders computes, for every sender ``v`` whose shares it
+   holds, its Lagrange coefficient ``lambda`` at 0 among the senders holding ``v``'s shares (int64 TF ops;
+   the graph is public) and returns ``lambda * share_u(b_v) mod p`` (Shamir reconstruction is linear, so a
+   federated sum of these *is* the reconstruction), a count of the senders it answers for, and, for every
+   neighbour ``v`` that shared keys but sent no input (dropped mid-round), the signed pairwise masks it added
+   with ``v``.  The server checks that every sender's seed got at least `threshold` answers (else the round
+   fails with ``secure_ok=False``), rebuilds each sender's ``b_v``, expands and removes the self masks and the
+   dropped clients' pairwise masks, and decodes the ring sum.
 
 What the server-placed side of the computation receives: masked vectors (each uniform in Z_2^64 whatever
-the update, tested) and their sum; the id one-hots; each survivor's Shamir shares of the *senders'* self-mask
-seeds (what Bonawitz's server receives in round 3, and with them the seeds ``b_v`` themselves); and each
+the update, tested) and their sum; the id one-hots; each survivor's Lagrange-weighted Shamir shares of the
+*senders'* self-mask seeds (what Bonawitz's server receives in round 3, and with them the seeds ``b_v``
+themselves) and how many senders it answered for (a function of U3 and the public graph); and each
 survivor's pairwise masks with the *dropped* clients (Bonawitz's server learns strictly more here: the
 dropped client's whole mask key ``s_v``, from which it recomputes these masks).  It never receives an
 unmasked update, a pairwise key between two senders, or both ``b_v`` and a pairwise mask of the same sender:
 the shares are sent only for U3 and the pairwise masks only for the complement, both derived from one
 broadcast set, so the two can never overlap.  Output: the sum (weighted mean) of the surviving clients'
-clipped, quantised updates, and who they were.
+clipped, quantised updates, and who they were.  With a sparse graph (``neighbours=k``) this holds while the
+graph restricted to the honest senders stays connected, which is certain when fewer than `k` clients drop
+out or collude and fails with probability at most ``n**2 * d**k`` when each is lost independently with
+probability `d` (see :mod:`tfppml.federated.secure_agg`, "Sparse graph"); otherwise the server learns the
+sums of the pieces.
 
 Honesty caveats (read these):
 
@@ -94,10 +106,17 @@ import tensorflow_federated as tff
 import tensorflow_privacy as tfp
 
 from tfppml.errors import ProtocolError
-from tfppml.federated.secure_agg import CHUNK_PRIME, SEED_CHUNKS, SecAggConfig, mask_materials
+from tfppml.federated.secure_agg import (
+    CHUNK_PRIME,
+    SEED_CHUNKS,
+    SecAggConfig,
+    mask_materials,
+    resolve_neighbours,
+)
 from tfppml.federated.tf_chacha import tf_chacha20_uniform
 
 __all__ = [
+    "MATERIAL_FIELDS",
     "MaskedRecordQuery",
     "SecureAggregationFactory",
     "SecureSumFactory",
@@ -111,6 +130,10 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------- Python side
+#: The fields of a client's mask material, in the order of :func:`material_type` (``mask`` is optional).
+MATERIAL_FIELDS = ("index", "self_seed", "peers", "pair_keys", "pair_signs", "held", "holders", "seed_shares", "mask")
+
+
 def prepare_round(
     num_clients: int,
     threshold: int,
@@ -118,16 +141,23 @@ def prepare_round(
     *,
     round_id: int = 0,
     vector_size: int = 1,
+    neighbours: int | str | None = None,
+    mask_size: int | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Runs protocol rounds 0-1 for one aggregation in Python and returns each participant's mask material.
 
     Args:
         num_clients: Slots in the aggregation (the ``n`` of the material shapes); client ids are
             ``0 .. num_clients - 1``.
-        threshold: Shamir threshold (see :class:`SecAggConfig`).
+        threshold: Shamir threshold (see :class:`SecAggConfig`; the factory's ``threshold``).
         participants: Ids of the clients that take part in the key exchange (U2); at least `threshold`.
         round_id: Bound into every derived key; use a fresh value per round.
-        vector_size: Recorded in the :class:`SecAggConfig` (masks are expanded inside TF to the right size).
+        vector_size: Recorded in the :class:`SecAggConfig`.
+        neighbours: The masking graph: None (complete), ``"auto"`` or an even degree (the factory's
+            ``neighbours``); a sparse graph is drawn fresh for each call.
+        mask_size: If given, each material carries its client's whole round-2 mask of this many words,
+            expanded here (for values of ``secure_value_type(..., precomputed_masks=True)``, whose
+            ``mask_size`` is the update size + 1); otherwise the masks are expanded inside TensorFlow.
 
     Returns:
         One material dict per participant, in the order of sorted ids (see
@@ -135,37 +165,67 @@ def prepare_round(
         participant left out of the TFF call afterwards is a client that dropped out mid-round.
 
     Raises:
-        ProtocolError: fewer than `threshold` participants.
-        ValueError: an id is out of range or repeated.
+        ProtocolError: fewer than `threshold` participants (in total or among one client's holders).
+        ValueError: an id is out of range or repeated, or another argument is out of range.
     """
     ids = sorted(int(i) for i in participants)
     if len(set(ids)) != len(ids) or (ids and not 0 <= ids[0] <= ids[-1] < num_clients):
         raise ValueError(
             f"participants must be distinct ids in [0, {num_clients}), got {ids[:10]}{'...' if len(ids) > 10 else ''}"
         )
-    SecAggConfig(num_clients, threshold, vector_size, round_id=round_id)  # checks the arguments
-    return mask_materials(num_clients, threshold, ids, round_id=round_id)
+    k = resolve_neighbours(num_clients, neighbours)
+    if mask_size is not None and (isinstance(mask_size, bool) or not isinstance(mask_size, numbers.Integral) or mask_size < 1):
+        raise ValueError(f"mask_size must be None or an int >= 1, got {mask_size!r}")
+    SecAggConfig(num_clients, threshold, vector_size, round_id=round_id, neighbours=k)  # checks the arguments
+    return mask_materials(num_clients, threshold, ids, round_id=round_id, neighbours=k, mask_size=mask_size)
 
 
-def material_type(num_clients: int) -> tff.StructWithPythonType:
-    """The TFF type of one client's mask material for an aggregation with `num_clients` slots."""
+def _update_size(update_type) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in tff.structure.flatten(tff.to_type(update_type)))
+
+
+def material_type(num_clients: int, neighbours: int | None = None, mask_size: int | None = None) -> tff.StructWithPythonType:
+    """The TFF type of one client's mask material (see :meth:`SecAggClient.mask_material` for the fields).
+
+    Args:
+        num_clients: Slots of the aggregation.
+        neighbours: Degree of the masking graph (None: complete graph, ``num_clients - 1`` neighbours).
+        mask_size: Length of the precomputed ``mask`` field; None for material without it.
+    """
     n = int(num_clients)
-    return tff.StructWithPythonType(
-        [
-            ("index", tff.TensorType(np.int32)),
-            ("self_seed", tff.TensorType(np.uint64, [4])),
-            ("pair_keys", tff.TensorType(np.uint64, [n, 4])),
-            ("pair_signs", tff.TensorType(np.int32, [n])),
-            ("seed_shares", tff.TensorType(np.int64, [n, SEED_CHUNKS])),
-        ],
-        collections.OrderedDict,
-    )
+    k = n - 1 if neighbours is None else int(neighbours)
+    fields = [
+        ("index", tff.TensorType(np.int32)),
+        ("self_seed", tff.TensorType(np.uint64, [4])),
+        ("peers", tff.TensorType(np.int32, [k])),
+        ("pair_keys", tff.TensorType(np.uint64, [k, 4])),
+        ("pair_signs", tff.TensorType(np.int32, [k])),
+        ("held", tff.TensorType(np.int32, [k + 1])),
+        ("holders", tff.TensorType(np.int32, [k + 1, k + 1])),
+        ("seed_shares", tff.TensorType(np.int64, [k + 1, SEED_CHUNKS])),
+    ]
+    if mask_size is not None:
+        fields.append(("mask", tff.TensorType(np.uint64, [int(mask_size)])))
+    return tff.StructWithPythonType(fields, collections.OrderedDict)
 
 
-def secure_value_type(update_type, num_clients: int) -> tff.StructWithPythonType:
-    """The value type the secure factories aggregate: ``OrderedDict(update=update_type, secagg=material)``."""
+def secure_value_type(
+    update_type, num_clients: int, neighbours: int | str | None = None, *, precomputed_masks: bool = False
+) -> tff.StructWithPythonType:
+    """The value type the secure factories aggregate: ``OrderedDict(update=update_type, secagg=material)``.
+
+    Args:
+        update_type: The (float) update's TFF type.
+        num_clients: Slots of the aggregation.
+        neighbours: The factory's masking graph (None, ``"auto"`` or an even degree).
+        precomputed_masks: The material carries each client's whole mask, expanded by :func:`prepare_round`
+            (``mask_size`` = update size + 1) instead of inside TensorFlow.
+    """
+    update_type = tff.to_type(update_type)
+    k = resolve_neighbours(num_clients, neighbours)
+    mask_size = _update_size(update_type) + 1 if precomputed_masks else None
     return tff.StructWithPythonType(
-        [("update", tff.to_type(update_type)), ("secagg", material_type(num_clients))], collections.OrderedDict
+        [("update", update_type), ("secagg", material_type(num_clients, k, mask_size))], collections.OrderedDict
     )
 
 
@@ -181,10 +241,16 @@ def check_measurements(measurements) -> None:
         m = stack.pop()
         if isinstance(m, dict):
             if "secure_ok" in m and not bool(m["secure_ok"]):
+                if int(m["secure_clients"]) < int(m["secure_threshold"]):
+                    raise ProtocolError(
+                        f"secure aggregation failed: only {int(m['secure_clients'])} clients sent a masked input, "
+                        f"fewer than the threshold {int(m['secure_threshold'])}; the sum cannot be unmasked and the "
+                        f"round was discarded"
+                    )
                 raise ProtocolError(
-                    f"secure aggregation failed: only {int(m['secure_clients'])} clients sent a masked input, "
-                    f"fewer than the threshold {int(m['secure_threshold'])}; the sum cannot be unmasked and the "
-                    f"round was discarded"
+                    f"secure aggregation failed: the self masks of {int(m.get('secure_unrecoverable', 0))} senders "
+                    f"cannot be rebuilt: fewer than the threshold {int(m['secure_threshold'])} of the clients holding "
+                    f"their shares (their neighbourhood) answered; the round was discarded"
                 )
             stack.extend(m.values())
 
@@ -218,26 +284,42 @@ def _modpow(a: tf.Tensor, e: int) -> tf.Tensor:
     return result
 
 
-def _lagrange_at_zero(present: tf.Tensor) -> tf.Tensor:
-    """Lagrange coefficients at 0 over GF(p) of the points ``x = i + 1`` with ``present[i]``; 0 elsewhere."""
-    n = int(present.shape[0])
-    x = tf.range(1, n + 1, dtype=tf.int64)
-    use = tf.logical_and(present[None, :] > 0, tf.logical_not(tf.eye(n, dtype=tf.bool)))
-    num = tf.where(use, tf.broadcast_to(x[None, :], [n, n]), tf.ones([n, n], tf.int64))
-    den = tf.where(use, tf.math.floormod(x[None, :] - x[:, None], _P), tf.ones([n, n], tf.int64))
-    lam = tf.math.floormod(_modprod(num) * _modpow(_modprod(den), _P - 2), _P)
-    return tf.where(present > 0, lam, tf.zeros_like(lam))
+def _client_lagrange(index: tf.Tensor, holders: tf.Tensor, present: tf.Tensor) -> tf.Tensor:
+    """Lagrange coefficients at 0 over GF(p) of this client's point in each sharing it holds a share of.
+
+    Args:
+        index: This client's id `u` (its point is ``x = u + 1``).
+        holders: int32 [m, m]: row `j` lists the holders of the `j`-th held seed (the points of its sharing).
+        present: bool [n]: who sent a masked input; only present holders count.
+
+    Returns:
+        int64 [m]: ``prod_{w present in row j, w != u} x_w / (x_w - x_u)`` mod p for each row.
+    """
+    x = tf.cast(holders, tf.int64) + 1
+    xu = tf.cast(index, tf.int64) + 1
+    use = tf.logical_and(tf.gather(present, holders), tf.not_equal(holders, index))
+    ones = tf.ones_like(x)
+    num = tf.where(use, x, ones)
+    den = tf.where(use, tf.math.floormod(x - xu, _P), ones)
+    return tf.math.floormod(_modprod(num) * _modpow(_modprod(den), _P - 2), _P)
 
 
 def _signed_masks(keys: tf.Tensor, signs: tf.Tensor, select: tf.Tensor, size: int) -> tf.Tensor:
     """Sum over selected rows of ``sign * ChaCha20(key)`` in Z_2^64 (uint64 [size])."""
-    rows = tf.where(tf.logical_and(select, tf.not_equal(signs, 0)))[:, 0]
-    stream = tf_chacha20_uniform(tf.gather(keys, rows), size)
-    sign = tf.gather(signs, rows)[:, None]
-    zero = tf.zeros_like(stream)
-    plus = tf.reduce_sum(tf.where(sign > 0, stream, zero), axis=0)
-    minus = tf.reduce_sum(tf.where(sign < 0, stream, zero), axis=0)
-    return plus - minus  # uint64 arithmetic wraps mod 2**64
+    chosen = tf.logical_and(select, tf.not_equal(signs, 0))
+
+    def expand():
+        rows = tf.where(chosen)[:, 0]
+        stream = tf_chacha20_uniform(tf.gather(keys, rows), size)
+        sign = tf.gather(signs, rows)[:, None]
+        zero = tf.zeros_like(stream)
+        plus = tf.reduce_sum(tf.where(sign > 0, stream, zero), axis=0)
+        minus = tf.reduce_sum(tf.where(sign < 0, stream, zero), axis=0)
+        return plus - minus  # uint64 arithmetic wraps mod 2**64
+
+    # Usually nothing is selected (no neighbour dropped): skip the ChaCha20 call, whose launch costs even
+    # with zero rows, for every client.
+    return tf.cond(tf.reduce_any(chosen), expand, lambda: tf.zeros([size], tf.uint64))
 
 
 def _chunks_to_words(chunks: tf.Tensor) -> tf.Tensor:
@@ -285,7 +367,7 @@ def _check_real(name: str, value, *, positive: bool = True) -> float:
 class _SecureCore:
     """Parameters and checks shared by the weighted and unweighted factories."""
 
-    def __init__(self, num_clients, max_dropout_fraction, clip, frac_bits, weighted):
+    def __init__(self, num_clients, max_dropout_fraction, clip, frac_bits, weighted, neighbours=None):
         if isinstance(num_clients, bool) or not isinstance(num_clients, numbers.Integral) or num_clients < 2:
             raise ValueError(f"num_clients must be an int >= 2 (slots per round), got {num_clients!r}")
         frac = _check_real("max_dropout_fraction", max_dropout_fraction, positive=False)
@@ -294,7 +376,9 @@ class _SecureCore:
                 f"max_dropout_fraction must be in [0, 0.5) (the threshold must stay a majority), got {frac}"
             )
         self.num_clients = int(num_clients)
-        self.threshold = max(self.num_clients - int(math.floor(frac * self.num_clients)), self.num_clients // 2 + 1)
+        self.neighbours = resolve_neighbours(self.num_clients, neighbours)
+        m = self.num_clients if self.neighbours is None else self.neighbours + 1  # holders of one client's shares
+        self.threshold = max(m - int(math.floor(frac * m)), m // 2 + 1)
         self.clip = _check_real("clip", clip)
         if isinstance(frac_bits, bool) or not isinstance(frac_bits, numbers.Integral) or not 0 <= frac_bits <= 52:
             raise ValueError(f"frac_bits must be an int in [0, 52], got {frac_bits!r}")
@@ -317,24 +401,30 @@ class _SecureCore:
                 f"value_type must be secure_value_type(update_type, num_clients) (a struct with fields 'update' "
                 f"and 'secagg'), got {value_type}"
             )
-        expected = material_type(self.num_clients)
-        if not value_type.secagg.is_equivalent_to(expected):
-            raise TypeError(
-                f"value_type.secagg must be material_type({self.num_clients}) = {expected}, got "
-                f"{value_type.secagg}"
-            )
         update_type = value_type.update
         for leaf in tff.structure.flatten(update_type):
             if not (isinstance(leaf, tff.TensorType) and np.issubdtype(leaf.dtype, np.floating)):
                 raise TypeError(f"value_type.update must be a structure of float tensors, got {update_type}")
             if leaf.shape is None or any(dim is None for dim in leaf.shape):
                 raise TypeError(f"value_type.update must have fully defined shapes, got {update_type}")
+        n, k = self.num_clients, self.neighbours
+        expected = material_type(n, k)
+        if not any(
+            value_type.secagg.is_equivalent_to(t) for t in (expected, material_type(n, k, _update_size(update_type) + 1))
+        ):
+            name = f"material_type({n})" if k is None else f"material_type({n}, neighbours={k})"
+            raise TypeError(
+                f"value_type.secagg must be {name} = {expected} (or with mask_size = update size + 1), got "
+                f"{value_type.secagg}; build it with secure_value_type(update_type, {n}, neighbours=...)"
+            )
         return value_type
 
     def build(self, value_type, weighted: bool):
         """Returns ``(process, client_masking)``: the aggregation process and its round-2 client computation."""
         n, t, f, bound = self.num_clients, self.threshold, self.frac_bits, self.bound
+        k = n - 1 if self.neighbours is None else self.neighbours
         clip = self.clip
+        precomputed = "mask" in [name for name, _ in tff.structure.iter_elements(value_type.secagg)]
         update_type = value_type.update
         update_specs = tff.types.type_to_tf_tensor_specs(update_type)
         d = sum(int(np.prod(s.shape)) for s in tf.nest.flatten(update_specs))
@@ -353,40 +443,54 @@ class _SecureCore:
             else:
                 vec = x
             y = _quantize(vec, bound, f)
-            y = y + tf_chacha20_uniform(m["self_seed"][None, :], size)[0]
-            everyone = tf.ones([n], tf.bool)
-            y = y + _signed_masks(m["pair_keys"], m["pair_signs"], everyone, size)
+            if precomputed:  # the whole mask was expanded with the client's key exchange
+                y = y + m["mask"][:size]
+            else:
+                y = y + tf_chacha20_uniform(m["self_seed"][None, :], size)[0]
+                everyone = tf.ones([k], tf.bool)
+                y = y + _signed_masks(m["pair_keys"], m["pair_signs"], everyone, size)
             return collections.OrderedDict(masked=y, present=tf.one_hot(m["index"], n, dtype=tf.int32))
 
         def server_plan(present):
-            # The server's announcement: who sent an input (U3) and their Lagrange coefficients at 0.
+            # The server's announcement: who sent an input (U3), and whether enough did.
             count = tf.reduce_sum(present)
-            return collections.OrderedDict(present=present, lam=_lagrange_at_zero(present), ok=count >= t)
+            return collections.OrderedDict(present=present, ok=count >= t)
 
         def unmask_answer(value, plan):
-            # Round 3, at the client: shares of the senders' seeds, masks shared with the dropped peers.
+            # Round 3, at the client: shares of the held senders' seeds, masks shared with dropped neighbours.
             m = value["secagg"]
             present = plan["present"] > 0
-            # Like SecAggClient.unmasking_shares: answer nothing unless at least `threshold` clients sent.
-            ok = tf.logical_and(plan["ok"], tf.gather(present, m["index"]))
-            lam = tf.gather(plan["lam"], m["index"])
-            shares = tf.math.floormod(lam * m["seed_shares"], _P)
-            shares = tf.where(present[:, None], shares, tf.zeros_like(shares))
-            dropped = tf.logical_not(present)
+            held = m["held"]
+            held_present = tf.gather(present, held)
+            # Like SecAggClient.unmasking_shares: answer nothing unless at least `threshold` of the clients
+            # holding this client's shares sent an input.
+            alive = tf.reduce_sum(tf.cast(held_present, tf.int32))
+            ok = tf.logical_and(tf.logical_and(plan["ok"], tf.gather(present, m["index"])), alive >= t)
+            lam = _client_lagrange(m["index"], m["holders"], present)
+            shares = tf.math.floormod(lam[:, None] * m["seed_shares"], _P)
+            shares = tf.where(held_present[:, None], shares, tf.zeros_like(shares))
+            rows = held[:, None]
+            shares = tf.scatter_nd(rows, shares, [n, SEED_CHUNKS])
+            counted = tf.scatter_nd(rows, tf.cast(held_present, tf.int32), [n])
+            dropped = tf.logical_not(tf.gather(present, m["peers"]))
             corr = _signed_masks(m["pair_keys"], m["pair_signs"], dropped, size)
             return collections.OrderedDict(
-                shares=tf.where(ok, shares, tf.zeros_like(shares)), correction=tf.where(ok, corr, tf.zeros_like(corr))
+                shares=tf.where(ok, shares, tf.zeros_like(shares)),
+                correction=tf.where(ok, corr, tf.zeros_like(corr)),
+                answered=tf.where(ok, counted, tf.zeros_like(counted)),
             )
 
         def unmask_sum(masked_sum, plan, answers):
             # At the server: rebuild the senders' seeds, strip every mask, decode.
             present = plan["present"] > 0
+            # A sender's seed is rebuilt only if at least `threshold` of its holders answered.
+            short = tf.logical_and(present, answers["answered"] < t)
             chunks = tf.math.floormod(answers["shares"], _P)
             words = _chunks_to_words(tf.boolean_mask(chunks, present))
             self_masks = tf.reduce_sum(tf_chacha20_uniform(words, size), axis=0)
             ring = masked_sum["masked"] - self_masks - answers["correction"]
             total = tf.cast(tf.bitcast(ring, tf.int64), tf.float64) / float(2**f)
-            ok = plan["ok"]
+            ok = tf.logical_and(plan["ok"], tf.logical_not(tf.reduce_any(short)))
             if weighted:
                 wsum = total[d]
                 mean = tf.where(wsum > 0, total[:d] / tf.maximum(wsum, 1e-30), tf.zeros([d], tf.float64))
@@ -397,6 +501,7 @@ class _SecureCore:
                 secure_ok=ok,
                 secure_clients=tf.reduce_sum(plan["present"]),
                 secure_threshold=tf.constant(t, tf.int32),
+                secure_unrecoverable=tf.reduce_sum(tf.cast(short, tf.int32)),
             )
             return _unflatten(tf.cast(out, tf.float32), update_specs), measurements
 
@@ -447,7 +552,13 @@ class _CoreBacked:
 
     @property
     def threshold(self) -> int:
+        """Shamir threshold: shares needed among the holders of one client's secrets."""
         return self._core.threshold
+
+    @property
+    def neighbours(self) -> int | None:
+        """Degree of the masking graph (None: the complete graph); pass it to :func:`prepare_round`."""
+        return self._core.neighbours
 
 
 class SecureAggregationFactory(_CoreBacked, tff.aggregators.WeightedAggregationFactory):
@@ -458,17 +569,30 @@ class SecureAggregationFactory(_CoreBacked, tff.aggregators.WeightedAggregationF
 
     Args:
         num_clients: Slots per round: the size of the key exchange (clients per round).
-        max_dropout_fraction: Fraction of the slots that may drop out mid-round, in [0, 0.5); the Shamir
-            threshold is ``num_clients - floor(max_dropout_fraction * num_clients)`` (at least a majority).
+        max_dropout_fraction: Fraction of the holders of a client's shares (all slots for the complete graph,
+            the ``k + 1`` of a neighbourhood otherwise) that may drop out mid-round, in [0, 0.5); the Shamir
+            threshold is ``m - floor(max_dropout_fraction * m)`` (at least a majority of the `m` holders).
         clip: Elementwise bound on the update before weighting.
         frac_bits: Fractional bits of the fixed-point encoding in Z_2^64.
+        neighbours: The masking graph.  None: the complete graph (Bonawitz et al.; every pair of clients
+            masks, quadratic work).  An even int `k` or ``"auto"``
+            (:func:`tfppml.federated.secure_agg.auto_neighbours`: 34 at 100 slots, 38 at 1000): the SecAgg+
+            graph, each client masking with and sharing its secrets among `k` neighbours only (see
+            :mod:`tfppml.federated.secure_agg`, "Sparse graph", for what the server can learn then).
 
     Raises:
         TypeError, ValueError: an argument is out of range, or the worst-case sum could wrap the ring.
     """
 
-    def __init__(self, num_clients: int, max_dropout_fraction: float = 0.3, clip: float = 1.0, frac_bits: int = 24):
-        self._core = _SecureCore(num_clients, max_dropout_fraction, clip, frac_bits, weighted=True)
+    def __init__(
+        self,
+        num_clients: int,
+        max_dropout_fraction: float = 0.3,
+        clip: float = 1.0,
+        frac_bits: int = 24,
+        neighbours: int | str | None = None,
+    ):
+        self._core = _SecureCore(num_clients, max_dropout_fraction, clip, frac_bits, weighted=True, neighbours=neighbours)
 
     def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
         """Builds the process for ``value_type = secure_value_type(update_type, num_clients)``."""
@@ -491,7 +615,7 @@ class SecureSumFactory(_CoreBacked, tff.aggregators.UnweightedAggregationFactory
     """Sum by secure aggregation; the inner factory for DP (see :func:`secure_dp_aggregator`).
 
     Args:
-        num_clients, max_dropout_fraction, frac_bits: As for :class:`SecureAggregationFactory`.
+        num_clients, max_dropout_fraction, frac_bits, neighbours: As for :class:`SecureAggregationFactory`.
         clip: Elementwise bound applied before quantisation; with DP, set it at least to the L2 clip norm
             so it never bites (an L2-clipped record has no entry larger than the norm).
 
@@ -499,8 +623,15 @@ class SecureSumFactory(_CoreBacked, tff.aggregators.UnweightedAggregationFactory
         TypeError, ValueError: an argument is out of range, or the worst-case sum could wrap the ring.
     """
 
-    def __init__(self, num_clients: int, max_dropout_fraction: float = 0.3, clip: float = 1.0, frac_bits: int = 24):
-        self._core = _SecureCore(num_clients, max_dropout_fraction, clip, frac_bits, weighted=False)
+    def __init__(
+        self,
+        num_clients: int,
+        max_dropout_fraction: float = 0.3,
+        clip: float = 1.0,
+        frac_bits: int = 24,
+        neighbours: int | str | None = None,
+    ):
+        self._core = _SecureCore(num_clients, max_dropout_fraction, clip, frac_bits, weighted=False, neighbours=neighbours)
 
     def create(self, value_type) -> tff.templates.AggregationProcess:
         """Builds the process for ``value_type = secure_value_type(update_type, num_clients)``."""
@@ -551,6 +682,7 @@ def secure_dp_aggregator(
     clip: float,
     max_dropout_fraction: float = 0.3,
     frac_bits: int = 24,
+    neighbours: int | str | None = None,
 ) -> tff.aggregators.DifferentiallyPrivateFactory:
     """TFF's fixed-clip Gaussian DP factory (outer) around :class:`SecureSumFactory` (inner).
 
@@ -569,5 +701,5 @@ def secure_dp_aggregator(
     query = tfp.NormalizedQuery(
         tfp.GaussianSumQuery(l2_norm_clip=clip, stddev=clip * noise_multiplier), denominator=float(clients_per_round)
     )
-    inner = SecureSumFactory(clients_per_round, max_dropout_fraction, clip=clip, frac_bits=frac_bits)
+    inner = SecureSumFactory(clients_per_round, max_dropout_fraction, clip=clip, frac_bits=frac_bits, neighbours=neighbours)
     return tff.aggregators.DifferentiallyPrivateFactory(MaskedRecordQuery(query), record_aggregation_factory=inner)
