@@ -42,6 +42,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _neighbours(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an even int >= 2, got {text!r}") from None
+    if value < 2 or value % 2:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an even int >= 2, got {text}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -53,6 +65,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clients-per-round", type=_positive_int, default=10, help="clients sampled per round")
     p.add_argument("--partition", default="iid", help="iid or dirichlet:ALPHA (default iid)")
     p.add_argument("--secure", action="store_true", help="secure aggregation of the model updates")
+    p.add_argument(
+        "--neighbours",
+        type=_neighbours,
+        default=None,
+        help="with --secure: 'auto' or an even k masks each client with k random neighbours (SecAgg+, "
+        "O(k) work per client; see tfppml.federated.secure_agg for what the server can learn); "
+        "default: every pair of clients (Bonawitz et al.)",
+    )
     p.add_argument("--dp-noise", type=float, default=None, help="DP-FedAvg noise multiplier (default: no DP)")
     p.add_argument("--dp-clip", type=float, default=0.5, help="DP L2 clip norm of a client update")
     p.add_argument("--dp-delta", type=float, default=1e-5, help="DP delta for the reported epsilon")
@@ -144,6 +164,7 @@ def _train(args) -> int:
         model_fn,
         algorithm=args.algorithm,
         secure=args.secure,
+        neighbours=args.neighbours,
         dp_noise=args.dp_noise,
         clients_per_round=args.clients_per_round,
         client_lr=args.client_lr,

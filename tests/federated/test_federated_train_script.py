@@ -49,8 +49,10 @@ def _run(tmp_path, args, terminate_after_workers=False):
 
 def test_script_trains_writes_csv_and_png_and_leaves_no_worker(tmp_path):
     code, output, seen, leftover = _run(
-        tmp_path, ["--rounds", "2", "--clients", "6", "--clients-per-round", "3", "--secure", "--partition", "dirichlet:0.5"]
-    )
+        tmp_path,
+        ["--rounds", "2", "--clients", "6", "--clients-per-round", "4", "--secure", "--neighbours", "2",
+         "--partition", "dirichlet:0.5"],
+    )  # fmt: skip
     assert code == 0, output
     assert seen, "no worker_binary was observed: the test would prove nothing"
     assert leftover == []
@@ -95,6 +97,13 @@ def test_script_rejects_bad_arguments(tmp_path):
     )
     assert proc.returncode == 2
     assert "--remote-worker must be HOST:PORT (port 1..65535) or 'spawn', got 'localhost'" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "federated_train.py"), "--secure", "--neighbours", "3"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2 and "--neighbours: expected 'auto' or an even int >= 2, got 3" in proc.stderr
     help_text = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "federated_train.py"), "--help"], capture_output=True, text=True, cwd=ROOT
     ).stdout
