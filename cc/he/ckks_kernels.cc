@@ -247,9 +247,18 @@ Status NeedGaloisKeys(const Context& c, const char* op) {
   return ::tensorflow::OkStatus();
 }
 
+// `*to` = a copy of `from`.  The output ciphertexts of a kernel start empty, and assigning into an empty SEAL
+// ciphertext (what Evaluator's out-of-place calls do too: `destination = encrypted`) first zero-fills the new
+// buffer and then copies over it; copy construction allocates and copies once (for N = 8192 and three primes,
+// 384 KiB not cleared per ciphertext).
+void CopyInto(const seal::Ciphertext& from, seal::Ciphertext* to) {
+  if (to != &from) *to = seal::Ciphertext(from);
+}
+
 void Rotate(const Context& c, const seal::Ciphertext& in, int step, seal::Ciphertext* out) {
   try {
-    c.evaluator().rotate_vector(in, step, *c.galois_keys(), *out);
+    CopyInto(in, out);
+    c.evaluator().rotate_vector_inplace(*out, step, *c.galois_keys());
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(absl::StrCat("rotation by ", step, " failed (", e.what(),
                                              "); add the step to the context's galois_steps"));
@@ -266,9 +275,9 @@ void FillSlots(const CipherData& layout, const double* values, int64_t index, in
   if (layout.layout == Layout::kVector) {
     const int64_t n = layout.row_length(), period = layout.period;
     const double* row = values + index * n;
-    for (int64_t s = 0; s < slot_count; ++s) {
-      const int64_t r = s & (period - 1);
-      if (r < n) (*slots)[s] = row[r];
+    std::copy(row, row + n, slots->begin());  // (the rest of the period stays zero)
+    for (int64_t s = period; s < slot_count; s += period) {
+      std::copy(slots->begin(), slots->begin() + period, slots->begin() + s);
     }
   } else {
     const int64_t batch = layout.batch(), features = layout.features();
@@ -580,7 +589,7 @@ class BinaryOp : public OpKernel {
     auto out = LikeWithoutData(*a);
     OP_REQUIRES_OK(ctx, ParallelSeal(ctx, a->ciphertexts.size(), op, [&](int64_t i) {
       seal::Ciphertext& r = out->ciphertexts[i];
-      r = a->ciphertexts[i];
+      CopyInto(a->ciphertexts[i], &r);
       const seal::Ciphertext* y = &b->ciphertexts[i];
       seal::Ciphertext switched;
       const size_t la = Level(c, r), lb = Level(c, *y);
@@ -592,7 +601,7 @@ class BinaryOp : public OpKernel {
           LowerTo(c, &r, y->parms_id(), y->scale());
         }
       } else if (lb > la) {
-        switched = *y;
+        CopyInto(*y, &switched);
         if (same_scale) {
           c.evaluator().mod_switch_to_inplace(switched, r.parms_id());
         } else {
@@ -602,7 +611,7 @@ class BinaryOp : public OpKernel {
       }
       seal::Ciphertext rescaled;
       if (kind_ != BinaryKind::kMul && r.scale() != y->scale()) {
-        rescaled = *y;
+        CopyInto(*y, &rescaled);
         AlignScales(c, &r, &rescaled);
         y = &rescaled;
       }
@@ -645,7 +654,7 @@ class PlainOp : public OpKernel {
     const int64_t slots = c.slot_count();
     OP_REQUIRES_OK(ctx, ParallelSeal(ctx, a->ciphertexts.size(), op, [&](int64_t i) {
       seal::Ciphertext& r = out->ciphertexts[i];
-      r = a->ciphertexts[i];
+      CopyInto(a->ciphertexts[i], &r);
       std::vector<double> slot_values;
       FillSlots(*a, plain, i, slots, &slot_values);
       seal::Plaintext pt;
@@ -679,7 +688,7 @@ class NegOp : public OpKernel {
     const Context& c = *a->context;
     auto out = LikeWithoutData(*a);
     OP_REQUIRES_OK(ctx, ParallelSeal(ctx, a->ciphertexts.size(), "neg", [&](int64_t i) {
-      out->ciphertexts[i] = a->ciphertexts[i];
+      CopyInto(a->ciphertexts[i], &out->ciphertexts[i]);
       Guarded(c, &out->ciphertexts[i], [&] { c.evaluator().negate_inplace(out->ciphertexts[i]); });
       return ::tensorflow::OkStatus();
     }));
@@ -699,7 +708,7 @@ class SquareOp : public OpKernel {
     auto out = LikeWithoutData(*a);
     OP_REQUIRES_OK(ctx, ParallelSeal(ctx, a->ciphertexts.size(), "square", [&](int64_t i) {
       seal::Ciphertext& r = out->ciphertexts[i];
-      r = a->ciphertexts[i];
+      CopyInto(a->ciphertexts[i], &r);
       Guarded(c, &r, [&] { c.evaluator().square_inplace(r); });
       c.evaluator().relinearize_inplace(r, *c.relin_keys());
       c.evaluator().rescale_to_next_inplace(r);
@@ -748,7 +757,7 @@ class PolyvalOp : public OpKernel {
     const std::vector<double> constant(static_cast<size_t>(elements), coeffs[0]);
     OP_REQUIRES_OK(ctx, ParallelSeal(ctx, a->ciphertexts.size(), "polyval", [&](int64_t i) {
       std::map<int64_t, seal::Ciphertext> powers;
-      powers[1] = a->ciphertexts[i];
+      powers.emplace(1, a->ciphertexts[i]);
       // x^k = x^(2^j) * x^(k - 2^j) with 2^j the largest power of two below k: depth ceil(log2 k).
       std::function<const seal::Ciphertext&(int64_t)> power = [&](int64_t k) -> const seal::Ciphertext& {
         auto it = powers.find(k);
@@ -833,7 +842,7 @@ class SumOp : public OpKernel {
       out->ciphertexts.resize(a->ciphertexts.size());
       OP_REQUIRES_OK(ctx, ParallelSeal(ctx, a->ciphertexts.size(), "sum", [&](int64_t i) {
         seal::Ciphertext& r = out->ciphertexts[i];
-        r = a->ciphertexts[i];
+        CopyInto(a->ciphertexts[i], &r);
         seal::Ciphertext rotated;
         for (int64_t s = 1; s < a->period; s <<= 1) {
           Rotate(c, r, static_cast<int>(s), &rotated);
@@ -847,7 +856,7 @@ class SumOp : public OpKernel {
       out->ciphertexts.resize(groups);
       OP_REQUIRES_OK(ctx, ParallelSeal(ctx, groups, "sum", [&](int64_t g) {
         seal::Ciphertext& r = out->ciphertexts[g];
-        r = a->ciphertexts[g * n];
+        CopyInto(a->ciphertexts[g * n], &r);
         for (int64_t t = 1; t < n; ++t) {
           Guarded(c, &r, [&] { c.evaluator().add_inplace(r, a->ciphertexts[g * n + t]); });
         }
@@ -877,7 +886,7 @@ class RotateOp : public OpKernel {
     auto out = LikeWithoutData(*a);
     OP_REQUIRES_OK(ctx, ParallelSeal(ctx, a->ciphertexts.size(), "rotate", [&](int64_t i) {
       if (steps == 0) {
-        out->ciphertexts[i] = a->ciphertexts[i];
+        CopyInto(a->ciphertexts[i], &out->ciphertexts[i]);
       } else {
         Rotate(c, a->ciphertexts[i], static_cast<int>(steps), &out->ciphertexts[i]);
       }
@@ -974,7 +983,7 @@ class MatMulPlainOp : public OpKernel {
       for (int64_t g = 0; g < giant; ++g) used = used || nonzero[g * baby + b];
       if (!used) return ::tensorflow::OkStatus();
       if (b == 0) {
-        babies[t] = a.ciphertexts[r];
+        CopyInto(a.ciphertexts[r], &babies[t]);
       } else {
         Rotate(c, a.ciphertexts[r], static_cast<int>(b), &babies[t]);
       }
@@ -1107,7 +1116,8 @@ class MatMulPlainOp : public OpKernel {
     out->shape.back() = m;
     out->ciphertexts.resize(groups * m);
     OP_REQUIRES_OK(ctx, ParallelSeal(ctx, groups * m, "matmul", [&](int64_t task) {
-      out->ciphertexts[task] = a.ciphertexts[(task / m) * n];  // takes parms_id, size 2 and NTT form
+      // (a copy takes the parms_id, size 2 and NTT form; the data is overwritten below)
+      CopyInto(a.ciphertexts[(task / m) * n], &out->ciphertexts[task]);
       return ::tensorflow::OkStatus();
     }));
     const size_t rows = 2 * limbs, tiles = degree / kTile;
