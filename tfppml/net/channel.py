@@ -182,14 +182,20 @@ class PeerChannel:
         key = (to, tag)
         with self._lock:
             if key in self._sent:
-                raise _duplicate(self._name, to, tag)
-        stream = self._stream(to, tag)
-        with self._lock:
-            if key in self._sent:  # a concurrent send of the same tag won the race
-                raise _duplicate(self._name, to, tag)
+                raise ProtocolError(
+                    f"duplicate message: tag {tag!r} from {self._name!r} to {to!r} was already sent; every "
+                    f"protocol message needs its own tag"
+                )
             self._sent[key] = None
             while len(self._sent) > DEFAULT_HISTORY:
                 self._sent.popitem(last=False)
+        try:
+            stream = self._stream(to, tag)
+        except BaseException:
+            # Nothing was sent: the same tag may be sent once the peer is back.
+            with self._lock:
+                self._sent.pop(key, None)
+            raise
         stream.put(data)
 
     def recv(self, frm: str, tag: str, timeout: float | None = None) -> np.ndarray:
@@ -276,13 +282,6 @@ class PeerChannel:
 
 # Pauses before retrying a Ping whose TLS handshake failed (seconds; about 0.7 s in all).
 _HANDSHAKE_RETRIES = (0.1, 0.2, 0.4)
-
-
-def _duplicate(me: str, to: str, tag: str) -> ProtocolError:
-    return ProtocolError(
-        f"duplicate message: tag {tag!r} from {me!r} to {to!r} was already sent; every protocol message needs "
-        f"its own tag"
-    )
 
 
 class _Stream:
