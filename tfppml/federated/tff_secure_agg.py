@@ -376,6 +376,7 @@ class _SecureCore:
                 f"max_dropout_fraction must be in [0, 0.5) (the threshold must stay a majority), got {frac}"
             )
         self.num_clients = int(num_clients)
+        self.weighted = bool(weighted)
         self.neighbours = resolve_neighbours(self.num_clients, neighbours)
         m = self.num_clients if self.neighbours is None else self.neighbours + 1  # holders of one client's shares
         self.threshold = max(m - int(math.floor(frac * m)), m // 2 + 1)
@@ -419,8 +420,9 @@ class _SecureCore:
             )
         return value_type
 
-    def build(self, value_type, weighted: bool):
+    def build(self, value_type):
         """Returns ``(process, client_masking)``: the aggregation process and its round-2 client computation."""
+        weighted = self.weighted
         n, t, f, bound = self.num_clients, self.threshold, self.frac_bits, self.bound
         k = n - 1 if self.neighbours is None else self.neighbours
         clip = self.clip
@@ -542,9 +544,22 @@ class _SecureCore:
 
 
 class _CoreBacked:
-    """What both factories expose of their shared :class:`_SecureCore`."""
+    """What both factories share: construction of their :class:`_SecureCore` and what they expose of it."""
 
     _core: "_SecureCore"
+    _WEIGHTED: bool  # a weighted mean (value and weight masked) or a plain sum
+
+    def __init__(
+        self,
+        num_clients: int,
+        max_dropout_fraction: float = 0.3,
+        clip: float = 1.0,
+        frac_bits: int = 24,
+        neighbours: int | str | None = None,
+    ):
+        self._core = _SecureCore(
+            num_clients, max_dropout_fraction, clip, frac_bits, weighted=self._WEIGHTED, neighbours=neighbours
+        )
 
     @property
     def num_clients(self) -> int:
@@ -584,15 +599,7 @@ class SecureAggregationFactory(_CoreBacked, tff.aggregators.WeightedAggregationF
         TypeError, ValueError: an argument is out of range, or the worst-case sum could wrap the ring.
     """
 
-    def __init__(
-        self,
-        num_clients: int,
-        max_dropout_fraction: float = 0.3,
-        clip: float = 1.0,
-        frac_bits: int = 24,
-        neighbours: int | str | None = None,
-    ):
-        self._core = _SecureCore(num_clients, max_dropout_fraction, clip, frac_bits, weighted=True, neighbours=neighbours)
+    _WEIGHTED = True
 
     def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
         """Builds the process for ``value_type = secure_value_type(update_type, num_clients)``."""
@@ -600,7 +607,7 @@ class SecureAggregationFactory(_CoreBacked, tff.aggregators.WeightedAggregationF
         weight_type = tff.to_type(weight_type)
         if not (isinstance(weight_type, tff.TensorType) and weight_type.shape == () and np.issubdtype(weight_type.dtype, np.floating)):
             raise TypeError(f"weight_type must be a float scalar tensor type, got {weight_type}")
-        return self._core.build(value_type, weighted=True)[0]
+        return self._core.build(value_type)[0]
 
     def client_masking(self, value_type, weight_type) -> tff.Computation:
         """The client-placed TF computation of round 2: ``(value, weight) -> {masked, present}``.
@@ -608,7 +615,7 @@ class SecureAggregationFactory(_CoreBacked, tff.aggregators.WeightedAggregationF
         Its result is everything a client sends the server in that round (for tests and audits).
         """
         value_type = self._core.check_value_type(value_type)
-        return self._core.build(value_type, weighted=True)[1]
+        return self._core.build(value_type)[1]
 
 
 class SecureSumFactory(_CoreBacked, tff.aggregators.UnweightedAggregationFactory):
@@ -623,23 +630,15 @@ class SecureSumFactory(_CoreBacked, tff.aggregators.UnweightedAggregationFactory
         TypeError, ValueError: an argument is out of range, or the worst-case sum could wrap the ring.
     """
 
-    def __init__(
-        self,
-        num_clients: int,
-        max_dropout_fraction: float = 0.3,
-        clip: float = 1.0,
-        frac_bits: int = 24,
-        neighbours: int | str | None = None,
-    ):
-        self._core = _SecureCore(num_clients, max_dropout_fraction, clip, frac_bits, weighted=False, neighbours=neighbours)
+    _WEIGHTED = False
 
     def create(self, value_type) -> tff.templates.AggregationProcess:
         """Builds the process for ``value_type = secure_value_type(update_type, num_clients)``."""
-        return self._core.build(self._core.check_value_type(value_type), weighted=False)[0]
+        return self._core.build(self._core.check_value_type(value_type))[0]
 
     def client_masking(self, value_type) -> tff.Computation:
         """The client-placed TF computation of round 2: ``value -> {masked, present}`` (see the weighted one)."""
-        return self._core.build(self._core.check_value_type(value_type), weighted=False)[1]
+        return self._core.build(self._core.check_value_type(value_type))[1]
 
 
 # -------------------------------------------------------------------------------------------------- DP
