@@ -80,31 +80,20 @@ def test_script_killed_by_sigterm_leaves_no_worker(tmp_path):
     assert code == -signal.SIGTERM
 
 
-def test_script_rejects_bad_arguments(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "federated_train.py"), "--clients", "3", "--clients-per-round", "5"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+def _script(*args):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "federated_train.py"), *args], capture_output=True, text=True, cwd=ROOT
     )
+
+
+def test_script_rejects_bad_arguments(tmp_path):
+    proc = _script("--clients", "3", "--clients-per-round", "5")
     assert proc.returncode == 2
     assert "--clients-per-round must be <= --clients (3), got 5" in proc.stderr
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "federated_train.py"), "--remote-worker", "localhost"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    proc = _script("--remote-worker", "localhost")
     assert proc.returncode == 2
     assert "--remote-worker must be HOST:PORT (port 1..65535) or 'spawn', got 'localhost'" in proc.stderr
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "federated_train.py"), "--secure", "--neighbours", "3"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    proc = _script("--secure", "--neighbours", "3")
     assert proc.returncode == 2 and "--neighbours: expected 'auto' or an even int >= 2, got 3" in proc.stderr
-    help_text = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "federated_train.py"), "--help"], capture_output=True, text=True, cwd=ROOT
-    ).stdout
+    help_text = _script("--help").stdout
     assert "TFF's executor service uses insecure channels" in help_text

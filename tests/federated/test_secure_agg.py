@@ -36,14 +36,19 @@ def test_decoded_sum_matches_float_sum_within_quantisation_and_clips():
     assert np.max(np.abs(total - clipped)) <= 4 * 2.0**-17 + 1e-12
 
 
-def _masked_vector_of_client0(update, size, n=3):
-    cfg = sa.SecAggConfig(n, 2, size)
-    clients = [sa.SecAggClient(i, cfg) for i in range(n)]
+def _exchanged(cfg):
+    """Clients and server of `cfg` after rounds 0 and 1 (keys advertised, shares routed and received)."""
+    clients = [sa.SecAggClient(i, cfg) for i in range(cfg.num_clients)]
     server = sa.SecAggServer(cfg)
     roster = server.collect_keys([c.advertise_keys() for c in clients])
     inbox = server.route_shares({c.id: c.share_keys(roster) for c in clients})
     for c in clients:
         c.receive_shares(inbox[c.id])
+    return clients, server
+
+
+def _masked_vector_of_client0(update, size, n=3):
+    clients, server = _exchanged(sa.SecAggConfig(n, 2, size))
     return clients[0].masked_input(update, server.senders)
 
 
@@ -84,13 +89,8 @@ def test_dropouts_beyond_threshold_fail_clearly():
 
 
 def test_client_refuses_to_reveal_both_secrets_of_a_client():
-    cfg = sa.SecAggConfig(3, 2, 4)
-    clients = [sa.SecAggClient(i, cfg) for i in range(3)]
-    server = sa.SecAggServer(cfg)
-    roster = server.collect_keys([c.advertise_keys() for c in clients])
-    inbox = server.route_shares({c.id: c.share_keys(roster) for c in clients})
+    clients, _ = _exchanged(sa.SecAggConfig(3, 2, 4))
     for c in clients:
-        c.receive_shares(inbox[c.id])
         c.masked_input(np.zeros(4))
     with pytest.raises(ProtocolError, match="both as survivors and as dropped"):
         clients[0].unmasking_shares([0, 1, 2], [2])
@@ -304,12 +304,7 @@ def test_sparse_server_view_is_independent_of_the_update_even_given_the_self_mas
     cfg = sa.SecAggConfig(n, 2, size, neighbours=k, graph_seed=2)
 
     def server_view(update):
-        clients = [sa.SecAggClient(i, cfg) for i in range(n)]
-        server = sa.SecAggServer(cfg)
-        roster = server.collect_keys([c.advertise_keys() for c in clients])
-        inbox = server.route_shares({c.id: c.share_keys(roster) for c in clients})
-        for c in clients:
-            c.receive_shares(inbox[c.id])
+        clients, server = _exchanged(cfg)
         y = clients[0].masked_input(update, server.senders)
         return y - sa._expand(clients[0]._self_seed, size)
 
