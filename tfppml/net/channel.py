@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import queue
 import threading
-import time
 from typing import Iterator, Protocol, runtime_checkable
 
 import grpc
@@ -241,24 +240,14 @@ class PeerChannel:
                     )
             # Outside the channel-wide lock: a slow peer must not hold up sends to the other one.
             timeout = self._config.timeout
-            ping = channel.unary_unary(PING)
-            for retry_after in (*_HANDSHAKE_RETRIES, None):
-                try:
-                    # A stream call starts locally even when the peer is down; a Ping fails at once
-                    # (wait_for_ready False) and checks the peer's certificate before anything is queued for it.
-                    ping(codec.encode_message({}), timeout=timeout, wait_for_ready=False)
-                    break
-                except grpc.RpcError as err:
-                    # A TLS handshake on a fresh connection was seen to fail now and then while both workers
-                    # were busy with concurrent queries (and to succeed when tried again); a refused connection
-                    # or a certificate the peer rejects fails the same way every time, within the retries.
-                    details = (err.details() if hasattr(err, "details") else "") or ""
-                    if retry_after is None or "andshake" not in details:
-                        raise_for_rpc_error(
-                            err, party=peer, address=self._config.address(peer), action=f"message {tag!r}",
-                            timeout=timeout,
-                        )
-                    time.sleep(retry_after)
+            try:
+                # A stream call starts locally even when the peer is down; a Ping fails at once (wait_for_ready
+                # False) and checks the peer's certificate before anything is queued for it.
+                channel.unary_unary(PING)(codec.encode_message({}), timeout=timeout, wait_for_ready=False)
+            except grpc.RpcError as err:
+                raise_for_rpc_error(
+                    err, party=peer, address=self._config.address(peer), action=f"message {tag!r}", timeout=timeout
+                )
             with self._lock:
                 if self._closed:
                     raise ProtocolError(f"channel of {self._name!r} is closed")
@@ -278,10 +267,6 @@ class PeerChannel:
             action=f"message {tag!r} (an earlier message on the stream failed)",
             timeout=self._config.timeout,
         )
-
-
-# Pauses before retrying a Ping whose TLS handshake failed (seconds; about 0.7 s in all).
-_HANDSHAKE_RETRIES = (0.1, 0.2, 0.4)
 
 
 class _Stream:

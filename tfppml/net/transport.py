@@ -77,8 +77,11 @@ def channel_options(max_message_bytes: int, *, target_name: str | None = None) -
         ("grpc.http2.max_frame_size", 16 * 1024 * 1024 - 1),
         # A restarted peer should be reachable again within about a second, not after minutes of backoff.
         ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
+        # gRPC core takes this as the time a connection attempt (TCP and TLS handshake) may take, not as a pause
+        # between attempts.  At 100 ms, fresh connections between busy workers failed now and then ("Handshake
+        # read failed", "Timeout occurred: FD Shutdown"); a refused connection still fails at once.
+        ("grpc.min_reconnect_backoff_ms", 5000),
         # Several protocol channels to one peer must not share one TCP connection's flow-control window.
         ("grpc.use_local_subchannel_pool", 1),
     ]
