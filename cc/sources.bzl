@@ -18,6 +18,8 @@ TFPPML_OPS_SRCS = [
     "cc/kernels/chacha20.cc",
     "cc/ops/gaussian_noise_ops.cc",
     "cc/kernels/gaussian_noise_kernels.cc",
+    "cc/ops/bit_planes_ops.cc",
+    "cc/kernels/bit_planes_kernels.cc",
 ]
 
 TFPPML_OPS_HDRS = [

@@ -5,6 +5,7 @@ the argument) and returns tf.Tensors.  Ring values are `tf.uint64` with wrap-aro
 a negative fixed-point number is stored in two's complement.
 """
 
+from tfppml.ops.bit_planes import bit_planes, bit_planes_numpy, plane_bits_numpy
 from tfppml.ops.fixed_point import fixed_point_decode, fixed_point_encode
 from tfppml.ops.gaussian_noise import add_gaussian_noise, gaussian_noise
 from tfppml.ops.prg import prg_uniform, prg_uniform_numpy
@@ -13,9 +14,12 @@ from tfppml.ops.ring_matmul import ring_conv2d, ring_matmul
 
 __all__ = [
     "add_gaussian_noise",
+    "bit_planes",
+    "bit_planes_numpy",
     "fixed_point_decode",
     "fixed_point_encode",
     "gaussian_noise",
+    "plane_bits_numpy",
     "prg_uniform",
     "prg_uniform_numpy",
     "ring_add",
