@@ -55,6 +55,7 @@ ONE_ROUND_TRUNC_MAX_SIZE = 1 << 14
 _PRG_KERNEL_MIN_SIZE = 1 << 18
 #: Key words are little-endian whatever the machine (read-only views of the digest are fine: the PRG only reads).
 _SEED_DTYPE = np.dtype("<u8")
+_ALL_ONES = np.uint64(2**64 - 1)
 
 
 def party_op(name: str) -> Callable[[OpFunction], OpFunction]:
@@ -330,52 +331,53 @@ class OpContext:
         return z, self.recv(self.i + 1, f"{label}/and")
 
     def msb(self, x: Pair, label: str) -> Pair:
-        """XOR shares of the most significant bit (the sign) of an additively shared x, in bit 0.
+        """XOR shares of the most significant bit (the sign) of an additively shared x, as 0/1 per element.
 
-        The three additive terms are XOR-shared as they stand (x_j known to the two parties holding it) and added
-        with a carry-save step (2 rounds: maj, then generate = s & c).  The carry into bit 63 then comes from a
-        binary tree of the carry operator (g, p)_hi o (g, p)_lo = (g_hi ^ p_hi g_lo, p_hi p_lo) over the 64 bit
-        positions, position 63 set to its identity (g = 0, p = 1): 6 rounds.  A level's two ANDs share one word
-        per element: p_hi & g_lo lands on the bit positions of the high groups and p_hi & p_lo on those of the
-        low groups, so a level sends 64 bits per element where a Kogge-Stone prefix over whole words sends 128:
-        512 bits per element for the whole MSB instead of 832, in the same 8 rounds.
+        The adder runs on bit planes (`tfppml.ops.bit_planes`: plane j holds bit j of 64 elements per word), so
+        shifting bit positions is picking other planes and every AND round sends only the planes it needs,
+        packed.  The three additive terms are XOR-shared as they stand (x_j known to the two parties holding
+        it) and added with a carry-save step, x0 + x1 + x2 = s + 2*maj (maj: 1 round; generate g = s & c with
+        c = maj shifted up: 1 round).  The carry into bit 63 then comes from a binary tree of the carry operator
+        (g, p)_hi o (g, p)_lo = (g_hi ^ p_hi g_lo, p_hi p_lo) over the 64 positions, position 63 set to its
+        identity (g = 0, p = 1): 6 rounds, one AND of all the level's planes each.  Per element: maj 63 bits,
+        generate 62, tree 64 + 32 + 16 + 8 + 4 + 1: 250 bits in 8 rounds (whole words per level sent 512).
         """
-        zero = np.zeros_like(x[0])
+        size = int(np.size(x[0]))
+        planes = [ops.bit_planes_numpy(np.asarray(x[k])) for k in range(2)]  # [64, words] each
+        zero = np.zeros_like(planes[0])
         # Party i's pairs of the XOR sharings of x_i, x_{i+1}, x_{i+2}.
-        terms = [(x[0], zero), (zero, x[1]), (zero, zero)]
+        terms = [(planes[0], zero), (zero, planes[1]), (zero, zero)]
         by_index = {(self.i + k) % NUM_PARTIES: terms[k] for k in range(NUM_PARTIES)}
         t0, t1, t2 = by_index[0], by_index[1], by_index[2]
 
         def xor(p: Pair, q: Pair) -> Pair:
             return bxor(p[0], q[0]), bxor(p[1], q[1])
 
-        # Carry-save: x0 + x1 + x2 = s + 2*maj(x0, x1, x2), maj = ((x0^x1) & (x0^x2)) ^ x0.
         s = xor(xor(t0, t1), t2)
-        maj = xor(self.and_(xor(t0, t1), xor(t0, t2), f"{label}/maj"), t0)
-        c = (shift_left(maj[0], 1), shift_left(maj[1], 1))
-        p = xor(s, c)
-        g = self.and_(s, c, f"{label}/g")
-        top = p  # bit 63 of the sum is p[63] ^ (carry into 63)
-        # Position 63 becomes the identity of the carry operator, so the tree's root is the carry into bit 63.
-        low63 = _u64((1 << 63) - 1)
-        bit63 = public_term(self.i, _u64(1 << 63), p[0])
-        g = band(g[0], low63), band(g[1], low63)
-        p = bxor(band(p[0], low63), bit63[0]), bxor(band(p[1], low63), bit63[1])
-        # Invariant: a group of `size` positions keeps its (g, p) on its top position.
-        size = 1
-        while size < WORD_BITS:
-            high, low = _GROUP_TOPS[size]
-            shift = _u64(size)
-            p_high = band(p[0], high), band(p[1], high)
-            # x: p_hi on the high tops and, shifted, on the low tops; y: g_lo moved up to the high tops, p_lo.
-            left = tuple(bxor(p_high[k], np.right_shift(p_high[k], shift)) for k in range(2))
-            right = tuple(bxor(np.left_shift(band(g[k], low), shift), band(p[k], low)) for k in range(2))
-            both = self.and_(left, right, f"{label}/tree{size}")
-            g = tuple(bxor(band(g[k], high), band(both[k], high)) for k in range(2))
-            p = tuple(np.left_shift(band(both[k], low), shift) for k in range(2))
-            size *= 2
-        one = _u64(1)
-        return tuple(band(shift_right_logical(bxor(top[k], g[k]), 63), one) for k in range(2))
+        # maj = ((x0^x1) & (x0^x2)) ^ x0, planes 0..62 only: the carry c = 2*maj drops maj's bit 63.
+        a, b = xor(t0, t1), xor(t0, t2)
+        maj = self.and_((a[0][:63], a[1][:63]), (b[0][:63], b[1][:63]), f"{label}/maj")
+        maj = bxor(maj[0], t0[0][:63]), bxor(maj[1], t0[1][:63])
+        # c = plane j-1 of maj at position j (c_0 = 0), so p = s ^ c and g = s & c, which is 0 at position 0 and
+        # needs no AND there.  Position 63 only contributes p_63 to the sign and becomes the tree's identity.
+        generate = self.and_((s[0][1:63], s[1][1:63]), (maj[0][:62], maj[1][:62]), f"{label}/g")
+        top = bxor(s[0][63], maj[0][62]), bxor(s[1][63], maj[1][62])
+        one = public_term(self.i, _ALL_ONES, zero[:1])
+        g = tuple(np.concatenate([zero[:1], generate[k], zero[:1]]) for k in range(2))
+        p = tuple(np.concatenate([s[k][:1], bxor(s[k][1:63], maj[k][:62]), one[k]]) for k in range(2))
+        # Tree: m groups (planes) -> m/2; group q of the next level is (hi, lo) = groups (2q+1, 2q).  One AND of
+        # p_hi (broadcast) with the stacked (g_lo, p_lo) gives both products of the level.
+        while g[0].shape[0] > 2:
+            half = g[0].shape[0] // 2
+            both = self.and_(tuple(p[k][None, 1::2] for k in range(2)),
+                             tuple(np.stack([g[k][0::2], p[k][0::2]]) for k in range(2)), f"{label}/tree{half}")
+            g = tuple(bxor(g[k][1::2], both[k][0]) for k in range(2))
+            p = tuple(both[k][1] for k in range(2))
+        # The root: only g_hi ^ p_hi g_lo is needed (the carry into bit 63).
+        last = self.and_((p[0][1], p[1][1]), (g[0][0], g[1][0]), f"{label}/tree1")
+        carry = bxor(g[0][1], last[0]), bxor(g[1][1], last[1])
+        shape = np.shape(x[0])
+        return tuple(ops.plane_bits_numpy(bxor(top[k], carry[k]), size).reshape(shape) for k in range(2))
 
     def bit_to_arith(self, bit: Pair, label: str) -> Pair:
         """Additive shares of b = b0 ^ b1 ^ b2 from XOR shares of a single bit (2 rounds)."""
@@ -402,18 +404,6 @@ class OpContext:
         d = sub(x, y)
         bit = self.nonnegative(d, f"{label}/ge")
         return add(y, self.multiply(bit, d, f"{label}/sel", 0))
-
-
-def _group_tops(size: int) -> tuple[np.uint64, np.uint64]:
-    """Masks of the top positions of the high and of the low `size`-bit group in every 2*size-bit block."""
-    high = low = 0
-    for block in range(0, WORD_BITS, 2 * size):
-        high |= 1 << (block + 2 * size - 1)
-        low |= 1 << (block + size - 1)
-    return _u64(high), _u64(low)
-
-
-_GROUP_TOPS = {1 << k: _group_tops(1 << k) for k in range(6)}
 
 
 def public_term(i: int, value: Any, like: np.ndarray) -> Pair:
