@@ -77,6 +77,23 @@ def test_views_without_copy_are_read_only_and_share_the_buffer():
     np.testing.assert_array_equal(tensors["x"], np.arange(4))
 
 
+@pytest.mark.parametrize("tag", ["t", "tag/12", "a-much-longer-tag/with/parts/7"])
+def test_the_first_tensor_is_aligned_so_copy_false_does_not_copy(tag):
+    data = encode_message({"tag": tag}, {"value": np.arange(5, dtype=np.uint64)})
+    meta, tensors = decode_message(data, max_bytes=LIMIT, copy=False)
+    assert meta == {"tag": tag}  # the padding is JSON whitespace
+    view = tensors["value"]
+    assert view.flags.aligned and np.shares_memory(view, np.frombuffer(data, dtype=np.uint8))
+
+
+def test_an_unaligned_tensor_is_copied_even_without_copy():
+    # The second tensor starts 1 byte after the first one's single uint8: its uint64 data is unaligned.
+    data = encode_message({}, {"a": np.zeros(1, np.uint8), "b": np.arange(3, dtype=np.uint64)})
+    _, tensors = decode_message(data, max_bytes=LIMIT, copy=False)
+    assert tensors["b"].flags.aligned and tensors["b"].flags.owndata
+    np.testing.assert_array_equal(tensors["b"], np.arange(3))
+
+
 def test_large_tensor_costs_only_its_bytes():
     array = np.zeros(1 << 20, dtype=np.uint64)
     data = encode_message({"tag": "m"}, {"value": array})

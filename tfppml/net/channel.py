@@ -76,7 +76,8 @@ class Channel(Protocol):
         ...
 
     def recv(self, frm: str, tag: str, timeout: float | None = None) -> np.ndarray:
-        """Waits for the message `tag` from party `frm` and returns it (a fresh, writable array).
+        """Waits for the message `tag` from party `frm` and returns it: an array no one else can change, and
+        read-only in both back ends (the network side hands out views of the received bytes, not copies).
 
         Raises:
           ValueError: `frm` is not another party, `tag` is invalid, or `timeout` is not positive.

@@ -88,8 +88,8 @@ def encode_message(
         dimensions, or the message would exceed `max_bytes`.
 
     Example:
-      >>> len(encode_message({"tag": "t"}, {"x": np.zeros(4, np.uint64)}))
-      76
+      >>> len(encode_message({"tag": "t"}, {"x": np.zeros(4, np.uint64)}))  # 4 spaces align the data
+      80
     """
     if not isinstance(meta, Mapping):
         raise TypeError(f"encode_message: argument `meta` must be a dict, got {type(meta).__name__}")
@@ -100,10 +100,7 @@ def encode_message(
     if len(tensors) > MAX_TENSORS:
         raise ValueError(f"encode_message: at most {MAX_TENSORS} tensors per message, got {len(tensors)}")
     meta_bytes = json.dumps(meta, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-    if len(meta_bytes) > 0xFFFFFFFF:
-        raise ValueError(f"encode_message: `meta` encodes to {len(meta_bytes)} bytes, more than 2**32 - 1")
-    parts: list[Any] = [_HEADER.pack(MAGIC, VERSION, 0, len(tensors), len(meta_bytes)), meta_bytes]
-    total = _HEADER.size + len(meta_bytes)
+    heads, arrays = [], []
     for name, array in tensors.items():
         name_bytes, array = _check_tensor(name, array)
         head = bytearray()
@@ -112,7 +109,18 @@ def encode_message(
         for dim in array.shape:
             head += _U64.pack(dim)
         head += _U64.pack(array.nbytes)
-        parts.append(bytes(head))
+        heads.append(bytes(head))
+        arrays.append(array)
+    if heads:
+        # Trailing spaces (still the same JSON) put the first tensor's data on an 8-byte boundary of the
+        # message, so a receiver can use it in place (decode_message(copy=False)) instead of copying it.
+        meta_bytes += b" " * (-(_HEADER.size + len(meta_bytes) + len(heads[0])) % 8)
+    if len(meta_bytes) > 0xFFFFFFFF:
+        raise ValueError(f"encode_message: `meta` encodes to {len(meta_bytes)} bytes, more than 2**32 - 1")
+    parts: list[Any] = [_HEADER.pack(MAGIC, VERSION, 0, len(tensors), len(meta_bytes)), meta_bytes]
+    total = _HEADER.size + len(meta_bytes)
+    for head, array in zip(heads, arrays):
+        parts.append(head)
         # A memoryview of the (contiguous) array lets join copy the data once, straight into the message.
         parts.append(memoryview(array.reshape(-1)).cast("B") if array.size else b"")
         total += len(head) + array.nbytes
@@ -133,7 +141,8 @@ def decode_message(
       data: The received bytes.
       max_bytes: Refuse messages longer than this (checked before anything else).
       copy: If True (default) every array owns fresh, writable memory; if False arrays are read-only views
-        into `data` (saves one copy of large tensors; `data` stays alive as long as they do).
+        into `data` where their data is aligned (saves one copy of large tensors; `data` stays alive as long as
+        they do), and copies where it is not.
 
     Returns:
       `(meta, tensors)`: the metadata dict and a dict name -> array, in the order they were encoded.
@@ -200,7 +209,9 @@ def decode_message(
             raise ProtocolError(f"{where}: shape {shape} is not representable ({err})") from None
         if dtype.kind == "b" and array.size and np.frombuffer(chunk, dtype=np.uint8).max() > 1:
             raise ProtocolError(f"{where}: bool data holds a byte other than 0 or 1")
-        tensors[name] = array.copy() if copy else array
+        # An unaligned view (data at an offset that is not a multiple of the item size) is copied even when
+        # copy=False: NumPy would buffer every operation on it.  encode_message aligns the first tensor.
+        tensors[name] = array.copy() if copy or not array.flags.aligned else array
     if reader.remaining:
         raise ProtocolError(f"{reader.remaining} unexpected trailing bytes after the last tensor")
     return meta, tensors

@@ -67,7 +67,9 @@ class LocalChannel:
                 raise PartyUnavailableError(
                     f"{to!r} is unavailable for message {tag!r}: its channel is closed"
                 )
-        self._hub.mailboxes[to].put(self._name, tag, np.array(array, copy=True, order="C"))
+        sent = np.array(array, copy=True, order="C")
+        sent.flags.writeable = False  # as the network back end's received arrays (views of the message bytes)
+        self._hub.mailboxes[to].put(self._name, tag, sent)
 
     def recv(self, frm: str, tag: str, timeout: float | None = None) -> np.ndarray:
         """See `tfppml.net.channel.Channel.recv`."""

@@ -293,7 +293,9 @@ class WorkerServer:
 
     def _store(self, sender: str, request: bytes) -> _Failure | None:
         try:
-            meta, tensors = codec.decode_message(request, max_bytes=self._config.max_message_bytes, copy=True)
+            # Views, not copies: protocol code never writes into a received array (they are read-only, so a
+            # write would raise rather than corrupt), and a copy of every byte received was ~5% of a server's CPU.
+            meta, tensors = codec.decode_message(request, max_bytes=self._config.max_message_bytes, copy=False)
             tag = meta.get("tag")
             if set(meta) != {"tag"} or set(tensors) != {"value"}:
                 raise ProtocolError(
