@@ -7,9 +7,12 @@ library was missing, and a privacy library must not do that.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.machinery
 import pathlib
+import threading
 import types
+from typing import Any
 
 import tensorflow as tf
 
@@ -44,3 +47,23 @@ def load(stem: str, directory: pathlib.Path = _HERE) -> types.ModuleType:
 
 # The ring / fixed-point / PRG / matmul kernels.
 ops = load("_tfppml_ops")
+
+_C_FUNCTIONS: dict[str, Any] = {}
+_C_FUNCTIONS_LOCK = threading.Lock()
+
+
+def c_function(name: str, argtypes: list[Any], restype: Any = ctypes.c_int) -> Any:
+    """The C entry point `name` of the loaded _tfppml_ops library, bound once with ctypes.
+
+    For kernels the MPC runtime calls on NumPy arrays many times per protocol round, where a TF eager dispatch
+    would cost more than the work.  dlopen of the path TF already loaded returns the same handle: one copy of
+    the code."""
+    function = _C_FUNCTIONS.get(name)
+    if function is None:
+        with _C_FUNCTIONS_LOCK:
+            function = _C_FUNCTIONS.get(name)
+            if function is None:
+                function = getattr(ctypes.CDLL(str(library_path("_tfppml_ops")), mode=ctypes.RTLD_LOCAL), name)
+                function.argtypes, function.restype = argtypes, restype
+                _C_FUNCTIONS[name] = function
+    return function

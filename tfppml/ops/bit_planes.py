@@ -15,14 +15,13 @@ Example:
 from __future__ import annotations
 
 import ctypes
-import threading
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from tfppml.ops._checks import to_uint64
-from tfppml.ops._library import library_path, ops as _ops
+from tfppml.ops._library import c_function, ops as _ops
 
 __all__ = ["bit_planes", "bit_planes_numpy", "plane_bits_numpy"]
 
@@ -36,20 +35,7 @@ def bit_planes(x: Any) -> tf.Tensor:
     return _ops.tfppml_bit_planes(to_uint64(x, fn="bit_planes", arg="x"))
 
 
-_PLANES = None
-_PLANES_LOCK = threading.Lock()
-
-
-def _planes_function():
-    """The C entry point `tfppml_bit_planes` of the already loaded op library, bound once."""
-    global _PLANES
-    with _PLANES_LOCK:
-        if _PLANES is None:
-            fn = ctypes.CDLL(str(library_path("_tfppml_ops")), mode=ctypes.RTLD_LOCAL).tfppml_bit_planes
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
-            fn.restype = ctypes.c_int
-            _PLANES = fn
-        return _PLANES
+_PLANES_ARGTYPES = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
 
 
 def bit_planes_numpy(x: np.ndarray) -> np.ndarray:
@@ -64,7 +50,7 @@ def bit_planes_numpy(x: np.ndarray) -> np.ndarray:
         raise TypeError(f"bit_planes_numpy: argument `x` must be a uint64 NumPy array, got {got}")
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty((64, -(-flat.size // 64)), dtype=np.uint64)
-    if (_PLANES or _planes_function())(flat.ctypes.data, flat.size, out.ctypes.data) != 0:
+    if c_function("tfppml_bit_planes", _PLANES_ARGTYPES)(flat.ctypes.data, flat.size, out.ctypes.data) != 0:
         raise ValueError(f"bit_planes_numpy: the kernel refused an array of {flat.size} elements")
     return out
 

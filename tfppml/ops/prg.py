@@ -19,14 +19,13 @@ from __future__ import annotations
 import ctypes
 import math
 import secrets
-import threading
 from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tfppml.ops._checks import raise_as_value_error, to_uint64
-from tfppml.ops._library import library_path, ops as _ops
+from tfppml.ops._library import c_function, ops as _ops
 
 MAX_OFFSET = 2**63 - 1
 
@@ -99,21 +98,7 @@ def prg_uniform(seed: Any, shape: Sequence[int] | tf.Tensor, offset: int | tf.Te
         raise_as_value_error(fn, err)
 
 
-_FILL = None
-_FILL_LOCK = threading.Lock()
-
-
-def _fill_function():
-    """The C entry point `tfppml_prg_fill` of the already loaded op library, bound once."""
-    global _FILL
-    with _FILL_LOCK:
-        if _FILL is None:
-            # dlopen of the path TF already loaded returns the same handle: one copy of the code.
-            fill = ctypes.CDLL(str(library_path("_tfppml_ops")), mode=ctypes.RTLD_LOCAL).tfppml_prg_fill
-            fill.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
-            fill.restype = ctypes.c_int
-            _FILL = fill
-        return _FILL
+_FILL_ARGTYPES = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
 
 
 def prg_uniform_numpy(seed: Any, shape: Sequence[int], offset: int = 0) -> np.ndarray:
@@ -153,7 +138,7 @@ def prg_uniform_numpy(seed: Any, shape: Sequence[int], offset: int = 0) -> np.nd
     offset = _check_offset(fn, offset, MAX_OFFSET - size)
     key = np.ascontiguousarray(seed)
     out = np.empty(dims, dtype=np.uint64)
-    fill = _FILL or _fill_function()
+    fill = c_function("tfppml_prg_fill", _FILL_ARGTYPES)
     if fill(key.ctypes.data, key.shape[0], offset, out.ctypes.data, size) != 0:
         raise ValueError(f"{fn}: the kernel refused seed {seed.shape}, shape {dims}, offset {offset}")
     return out
