@@ -31,7 +31,6 @@ from tfppml.errors import PolicyDenied, ProtocolError
 from tfppml.ops.prg import new_seed
 
 NUM_PARTIES = 3
-WORD_BITS = 64
 _ID = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
 
 Pair = tuple[np.ndarray, np.ndarray]
