@@ -185,7 +185,10 @@ def _run_worker(args: argparse.Namespace) -> int:
         format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s",
     )
     from tfppml.net.config import load_config
+    from tfppml.net.memory import tune_allocator
     from tfppml.net.server import WorkerServer
+
+    tune_allocator()  # before the first large array: see tfppml.net.memory
 
     options: dict[str, str] = {}
     for item in args.option:
