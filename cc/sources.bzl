@@ -16,6 +16,7 @@ TFPPML_OPS_SRCS = [
     "cc/kernels/ring_matmul_kernels.cc",
     "cc/kernels/ring_gemm.cc",
     "cc/kernels/chacha20.cc",
+    "cc/kernels/cpu_isa.cc",
     "cc/ops/gaussian_noise_ops.cc",
     "cc/kernels/gaussian_noise_kernels.cc",
     "cc/ops/bit_planes_ops.cc",
@@ -26,6 +27,7 @@ TFPPML_OPS_HDRS = [
     "cc/kernels/parallel.h",
     "cc/kernels/ring_gemm.h",
     "cc/kernels/chacha20.h",
+    "cc/kernels/cpu_isa.h",
 ]
 
 # The CKKS kernels (tfppml.he._tfppml_he), linked against the static SEAL 4.1.2 that scripts/build_seal.sh

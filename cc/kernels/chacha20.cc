@@ -1,7 +1,12 @@
 // The ChaCha20 block function (see chacha20.h), eight blocks at a time: AVX2 intrinsics (one 256-bit register per
 // state word, one lane per block, then a transpose into block order) in a target("avx2") function chosen at run
-// time, else portable lane arrays that the compiler vectorises for baseline x86-64.
+// time, else portable lane arrays that the compiler vectorises for baseline x86-64.  Sixteen at a time with
+// AVX-512 (ChaCha20Blocks16): the same scheme in 512-bit registers, with the rotate instruction (vprold) in
+// place of two shifts and an OR; measured on a Xeon (Sapphire Rapids) it produced the PRG's keystream ~2x as
+// fast as the AVX2 code.
 #include "cc/kernels/chacha20.h"
+
+#include "cc/kernels/cpu_isa.h"
 
 #include <immintrin.h>
 
@@ -164,14 +169,88 @@ __attribute__((target("avx2"))) void ChaCha20BlocksAvx2(const uint32_t state[16]
 #undef TFPPML_QR
 #undef TFPPML_ROTL
 
+#define TFPPML_QR(a, b, c, d)                                  \
+  a = _mm512_add_epi32(a, b);                                  \
+  d = _mm512_rol_epi32(_mm512_xor_si512(d, a), 16);            \
+  c = _mm512_add_epi32(c, d);                                  \
+  b = _mm512_rol_epi32(_mm512_xor_si512(b, c), 12);            \
+  a = _mm512_add_epi32(a, b);                                  \
+  d = _mm512_rol_epi32(_mm512_xor_si512(d, a), 8);             \
+  c = _mm512_add_epi32(c, d);                                  \
+  b = _mm512_rol_epi32(_mm512_xor_si512(b, c), 7);
+
+__attribute__((target("avx512f"))) void ChaCha20BlocksAvx512(
+    const uint32_t state[16], uint64_t first, uint64_t out[2 * kChaChaLanes][kChaChaWordsPerBlock]) {
+  constexpr int kLanes = 2 * kChaChaLanes;
+  alignas(64) uint32_t counter_lo[kLanes], counter_hi[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    const uint64_t counter = first + static_cast<uint64_t>(l);
+    counter_lo[l] = static_cast<uint32_t>(counter);
+    counter_hi[l] = static_cast<uint32_t>(counter >> 32);
+  }
+  // x[w] holds state word w of the sixteen blocks, one 32-bit lane per block.
+  __m512i init[16], x[16];
+  for (int w = 0; w < 16; ++w) init[w] = _mm512_set1_epi32(static_cast<int>(state[w]));
+  init[12] = _mm512_load_si512(counter_lo);
+  init[13] = _mm512_load_si512(counter_hi);
+  for (int w = 0; w < 16; ++w) x[w] = init[w];
+  for (int round = 0; round < 10; ++round) {
+    TFPPML_QR(x[0], x[4], x[8], x[12])
+    TFPPML_QR(x[1], x[5], x[9], x[13])
+    TFPPML_QR(x[2], x[6], x[10], x[14])
+    TFPPML_QR(x[3], x[7], x[11], x[15])
+    TFPPML_QR(x[0], x[5], x[10], x[15])
+    TFPPML_QR(x[1], x[6], x[11], x[12])
+    TFPPML_QR(x[2], x[7], x[8], x[13])
+    TFPPML_QR(x[3], x[4], x[9], x[14])
+  }
+  for (int w = 0; w < 16; ++w) x[w] = _mm512_add_epi32(x[w], init[w]);
+  // Transpose the 16 x 16 words (row w, lane l) into blocks (block l = row l of the result).  Unpacks work
+  // within 128-bit chunks: after the 32- and 64-bit unpacks, c[W/4][p] holds in chunk q the words W .. W+3 of
+  // block 4q + p (W = 0, 4, 8, 12); two rounds of 128-bit chunk shuffles then gather block 4q + p's four chunks.
+  __m512i c[4][4];
+  for (int W = 0; W < 16; W += 4) {
+    const __m512i a0 = _mm512_unpacklo_epi32(x[W], x[W + 1]), b0 = _mm512_unpackhi_epi32(x[W], x[W + 1]);
+    const __m512i a2 = _mm512_unpacklo_epi32(x[W + 2], x[W + 3]), b2 = _mm512_unpackhi_epi32(x[W + 2], x[W + 3]);
+    c[W / 4][0] = _mm512_unpacklo_epi64(a0, a2);
+    c[W / 4][1] = _mm512_unpackhi_epi64(a0, a2);
+    c[W / 4][2] = _mm512_unpacklo_epi64(b0, b2);
+    c[W / 4][3] = _mm512_unpackhi_epi64(b0, b2);
+  }
+  for (int p = 0; p < 4; ++p) {
+    // _mm512_shuffle_i32x4(a, b, imm): chunks (a[imm & 3], a[imm >> 2 & 3], b[imm >> 4 & 3], b[imm >> 6]).
+    const __m512i u0 = _mm512_shuffle_i32x4(c[0][p], c[1][p], 0x44);  // c0.0 c0.1 c1.0 c1.1
+    const __m512i u1 = _mm512_shuffle_i32x4(c[2][p], c[3][p], 0x44);  // c2.0 c2.1 c3.0 c3.1
+    const __m512i u2 = _mm512_shuffle_i32x4(c[0][p], c[1][p], 0xEE);  // c0.2 c0.3 c1.2 c1.3
+    const __m512i u3 = _mm512_shuffle_i32x4(c[2][p], c[3][p], 0xEE);  // c2.2 c2.3 c3.2 c3.3
+    _mm512_storeu_si512(out[p], _mm512_shuffle_i32x4(u0, u1, 0x88));       // chunk 0 of each: block p
+    _mm512_storeu_si512(out[4 + p], _mm512_shuffle_i32x4(u0, u1, 0xDD));   // chunk 1: block 4 + p
+    _mm512_storeu_si512(out[8 + p], _mm512_shuffle_i32x4(u2, u3, 0x88));   // chunk 2: block 8 + p
+    _mm512_storeu_si512(out[12 + p], _mm512_shuffle_i32x4(u2, u3, 0xDD));  // chunk 3: block 12 + p
+  }
+}
+
+#undef TFPPML_QR
+
 }  // namespace
 
 void ChaCha20Blocks(const uint32_t state[16], uint64_t first, uint64_t out[kChaChaLanes][kChaChaWordsPerBlock]) {
-  static const bool avx2 = __builtin_cpu_supports("avx2");
+  static const bool avx2 = MaxCpuIsa() >= CpuIsa::kAvx2;
   if (avx2) {
     ChaCha20BlocksAvx2(state, first, out);
   } else {
     ChaCha20BlocksPortable(state, first, out);
+  }
+}
+
+void ChaCha20Blocks16(const uint32_t state[16], uint64_t first,
+                      uint64_t out[2 * kChaChaLanes][kChaChaWordsPerBlock]) {
+  static const bool avx512 = MaxCpuIsa() >= CpuIsa::kAvx512;
+  if (avx512) {
+    ChaCha20BlocksAvx512(state, first, out);
+  } else {
+    ChaCha20Blocks(state, first, out);
+    ChaCha20Blocks(state, first + kChaChaLanes, out + kChaChaLanes);
   }
 }
 

@@ -20,8 +20,12 @@ constexpr int64_t kChaChaBlockCost = 400;  // cycles per block, roughly (for Par
 void ChaCha20Init(const uint64_t* key, int key_words, uint64_t nonce, uint32_t state[16]);
 
 // Writes kChaChaLanes consecutive keystream blocks, block counters first .. first + kChaChaLanes - 1, to out
-// (block-major).  Keystream bytes are read as little-endian uint64 words.  Uses AVX2 when the CPU has it.
+// (block-major).  Keystream bytes are read as little-endian uint64 words.  Uses AVX2 when MaxCpuIsa() allows it.
 void ChaCha20Blocks(const uint32_t state[16], uint64_t first, uint64_t out[kChaChaLanes][kChaChaWordsPerBlock]);
+
+// 2 * kChaChaLanes consecutive blocks (the same words as two ChaCha20Blocks calls): sixteen at a time in 512-bit
+// registers when MaxCpuIsa() allows AVX-512, else two calls of ChaCha20Blocks.
+void ChaCha20Blocks16(const uint32_t state[16], uint64_t first, uint64_t out[2 * kChaChaLanes][kChaChaWordsPerBlock]);
 
 // The same blocks from portable (baseline x86-64) code, whatever the CPU; for tests of both paths.
 void ChaCha20BlocksPortable(const uint32_t state[16], uint64_t first,

@@ -158,3 +158,52 @@ def test_numpy_variant_bad_arguments(call, error, words):
         call()
     for word in words:
         assert word in str(info.value)
+
+
+# Every vector-width path of the ChaCha20 core must give the same words: each cap of TFPPML_ISA (see
+# tfppml.ops._library) runs the kernel and the NumPy variant in a fresh process, on sizes and offsets that
+# cover single groups of 8 blocks, pairs (ChaCha20Blocks16) and ragged ends.
+_ISA_PROBE = """
+import json, sys
+import numpy as np
+from tfppml import ops
+seed = np.array([0x0123456789ABCDEF, 0xFEDCBA9876543210, 7, 2**63 + 5], dtype=np.uint64)
+out = {}
+for count, offset in [(1, 0), (64, 0), (65, 3), (128, 64), (1000, 13), (300_001, 77)]:
+    out[f"{count}@{offset}"] = [
+        ops.prg_uniform(seed, [count], offset=offset).numpy().tolist()[:2000],
+        ops.prg_uniform_numpy(seed, [count], offset=offset).tolist()[:2000],
+        int(np.bitwise_xor.reduce(ops.prg_uniform(seed, [count], offset=offset).numpy())),
+    ]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("cap", ["scalar", "avx2", "avx512"])
+def test_every_isa_path_gives_the_reference_keystream(cap):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TFPPML_ISA": cap, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run([sys.executable, "-c", _ISA_PROBE], env=env, capture_output=True, text=True, check=True)
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    seed = np.array([0x0123456789ABCDEF, 0xFEDCBA9876543210, 7, 2**63 + 5], dtype=np.uint64)
+    for key, (kernel, numpy_variant, xor_all) in got.items():
+        count, offset = map(int, key.split("@"))
+        want = reference_words(seed, count, offset)
+        assert kernel == want[:2000].tolist(), key
+        assert numpy_variant == want[:2000].tolist(), key
+        assert xor_all == int(np.bitwise_xor.reduce(want)), key
+
+
+def test_bad_isa_cap_is_refused_at_import():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TFPPML_ISA": "avx9000", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run([sys.executable, "-c", "import tfppml.ops"], env=env, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "TFPPML_ISA must be one of scalar, avx2, avx512" in run.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
+import os
 import pathlib
 import threading
 import types
@@ -44,6 +45,19 @@ def load(stem: str, directory: pathlib.Path = _HERE) -> types.ModuleType:
             f"another TensorFlow than the installed {tf.__version__}. {_BUILD_HINT}"
         ) from err
 
+
+#: Values of the environment variable TFPPML_ISA, which caps the vector instructions the kernels use (read by
+#: cc/kernels/cpu_isa.cc when the library loads; every cap gives the same results, only slower).
+ISA_CAPS = ("scalar", "avx2", "avx512")
+
+
+def check_isa_cap(value: str | None) -> None:
+    """Raises ValueError unless `value` (TFPPML_ISA's value, None if unset) is unset or one of ISA_CAPS."""
+    if value is not None and value not in ISA_CAPS:
+        raise ValueError(f"environment variable TFPPML_ISA must be one of {', '.join(ISA_CAPS)} or unset, got {value!r}")
+
+
+check_isa_cap(os.environ.get("TFPPML_ISA"))
 
 # The ring / fixed-point / PRG / matmul kernels.
 ops = load("_tfppml_ops")

@@ -1,0 +1,16 @@
+// Which vector instruction sets the kernels may use: what the CPU has, capped by the environment variable
+// TFPPML_ISA ("scalar", "avx2" or "avx512"; unset = no cap), read once per process.  The cap exists so that tests
+// can run the narrower code paths on a machine that has the wider ones (every path must give the same bits).
+#ifndef TFPPML_CC_KERNELS_CPU_ISA_H_
+#define TFPPML_CC_KERNELS_CPU_ISA_H_
+
+namespace tfppml {
+
+enum class CpuIsa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The widest usable set: AVX-512 needs AVX-512F and AVX-512BW, AVX2 needs AVX2.
+CpuIsa MaxCpuIsa();
+
+}  // namespace tfppml
+
+#endif  // TFPPML_CC_KERNELS_CPU_ISA_H_
