@@ -15,6 +15,7 @@ TFPPML_OPS_SRCS = [
     "cc/ops/ring_matmul_ops.cc",
     "cc/kernels/ring_matmul_kernels.cc",
     "cc/kernels/ring_gemm.cc",
+    "cc/kernels/ring_gemm_amx.cc",
     "cc/kernels/chacha20.cc",
     "cc/kernels/cpu_isa.cc",
     "cc/ops/gaussian_noise_ops.cc",

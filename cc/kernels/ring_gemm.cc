@@ -3,6 +3,8 @@
 // so a sum of products needs the 64-bit sum of al*bl and only the low 32 bits of the sum of the cross terms.
 #include "cc/kernels/ring_gemm.h"
 
+#include "cc/kernels/cpu_isa.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define TFPPML_HAVE_AVX2_KERNEL 1
@@ -98,7 +100,7 @@ const MicroKernel* KernelsFor(Isa isa) {
 #ifdef TFPPML_HAVE_AVX2_KERNEL
   static constexpr MicroKernel kAvx2[] = {nullptr, MicroKernelAvx2<1>, MicroKernelAvx2<2>, MicroKernelAvx2<3>,
                                           MicroKernelAvx2<4>};
-  if (isa == Isa::kAvx2) return kAvx2;
+  if (isa == Isa::kAvx2 || isa == Isa::kAmx) return kAvx2;
 #endif
   return kScalar;
 }
@@ -390,13 +392,14 @@ bool PackRightHandSide(const BatchedMatMulArgs& args) {
 }  // namespace
 
 Isa BestIsa() {
+  if (AmxUsable()) return Isa::kAmx;
 #ifdef TFPPML_HAVE_AVX2_KERNEL
-  if (__builtin_cpu_supports("avx2")) return Isa::kAvx2;
+  if (MaxCpuIsa() >= CpuIsa::kAvx2) return Isa::kAvx2;
 #endif
   return Isa::kScalar;
 }
 
-const char* IsaName(Isa isa) { return isa == Isa::kAvx2 ? "avx2" : "scalar"; }
+const char* IsaName(Isa isa) { return isa == Isa::kAmx ? "amx" : isa == Isa::kAvx2 ? "avx2" : "scalar"; }
 
 int64_t BatchedMatMulWorkspaceWords(const BatchedMatMulArgs& args) {
   return PackRightHandSide(args) ? args.b_count * PackedBWords(args.k, args.n) : 0;
@@ -405,6 +408,12 @@ int64_t BatchedMatMulWorkspaceWords(const BatchedMatMulArgs& args) {
 void BatchedMatMul(const BatchedMatMulArgs& args, uint64_t* workspace, Isa isa, int num_threads,
                    const ParallelForFn& parallel_for) {
   if (args.batches == 0 || args.m == 0 || args.n == 0) return;
+  // The tile unit pays once a product fills its 32 x 32 blocks and 64-byte k rows; thin ones (a single query's
+  // row, ten logits) stay on the micro-kernel.
+  if (isa == Isa::kAmx && args.m >= 32 && args.n >= 32 && args.k >= 64) {
+    BatchedMatMulAmx(args, num_threads, parallel_for);
+    return;
+  }
   BOperand b;
   b.index = args.b_index;
   b.packed = PackRightHandSide(args);

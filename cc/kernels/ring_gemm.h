@@ -23,10 +23,14 @@ namespace ring_gemm {
 inline constexpr int64_t kMr = 4;
 inline constexpr int64_t kNr = 4;
 
-enum class Isa { kScalar, kAvx2 };
+// kAmx: BatchedMatMul runs on the AMX tile unit (ring_gemm_amx.cc) where the shapes are large enough, and
+// everything else on the AVX2 micro-kernel.
+enum class Isa { kScalar, kAvx2, kAmx };
 
-// AVX2 when the CPU supports it, scalar otherwise.
+// AMX when the CPU has it and Linux grants it, else AVX2 when the CPU has it, else scalar (capped by TFPPML_ISA,
+// see cpu_isa.h).
 Isa BestIsa();
+
 const char* IsaName(Isa isa);
 
 // Runs fn(begin, end) over [0, total), possibly in parallel; cost_per_unit is a rough cycle count.
@@ -48,6 +52,12 @@ struct BatchedMatMulArgs {
   const int64_t* a_index = nullptr;
   const int64_t* b_index = nullptr;
 };
+
+// Whether AMX may run: MaxCpuIsa() allows it and the kernel granted this process the tile state (asked once).
+bool AmxUsable();
+
+// BatchedMatMul on AMX (needs AmxUsable()); the caller checked the arguments.
+void BatchedMatMulAmx(const BatchedMatMulArgs& args, int num_threads, const ParallelForFn& parallel_for);
 
 // Words of scratch BatchedMatMul needs for the shared packed B matrices (0 when it packs B block by block;
 // the caller allocates them).

@@ -206,4 +206,4 @@ def test_bad_isa_cap_is_refused_at_import():
     env = {**os.environ, "TFPPML_ISA": "avx9000", "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = subprocess.run([sys.executable, "-c", "import tfppml.ops"], env=env, capture_output=True, text=True)
     assert run.returncode != 0
-    assert "TFPPML_ISA must be one of scalar, avx2, avx512" in run.stderr
+    assert "TFPPML_ISA must be one of scalar, avx2, avx512, amx" in run.stderr

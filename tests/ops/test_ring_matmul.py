@@ -1,7 +1,9 @@
 """Ring matmul and conv2d against NumPy references with exact wrap-around modulo 2**64.
 
-Every numerical test runs twice: on the micro-kernel the CPU would use (AVX2 where available) and on the
-portable scalar one (forced through the op's `force_scalar` attribute), so both are checked against NumPy.
+Every numerical test runs twice: on the code the CPU would use (AMX tiles for large products where the CPU and
+Linux allow it, else the AVX2 micro-kernel where available) and on the portable scalar micro-kernel (forced
+through the op's `force_scalar` attribute), so both are checked against NumPy.  The TFPPML_ISA tests below run
+each narrower path too, in fresh processes.
 """
 
 import numpy as np
@@ -122,6 +124,18 @@ def test_matmul_large_parallel(force_scalar):
     )
 
 
+def test_matmul_long_k_of_all_ones_bytes(force_scalar):
+    # Products large enough for the AMX path (m, n >= 32, k >= 64), k past two of its 8192-column passes, and every byte
+    # 0xff: the byte-plane sums are as large as they get, so a lost carry or a wrapped 32-bit sum would show.
+    k = 17000  # one pass over all of k would wrap S_3 = 4 * k * 255**2 past 2**32
+    rng = np.random.default_rng(11)
+    a = np.full((40, k), 2**64 - 1, dtype=U64)
+    b = np.full((k, 33), 2**64 - 1, dtype=U64)
+    a[0] = rng.choice(EDGE, size=k)  # one row and one column of mixed values; the rest stays all 0xff
+    b[:, 0] = rng.choice(EDGE, size=k)
+    np.testing.assert_array_equal(_ring_matmul(a, b, force_scalar=force_scalar).numpy(), matmul_reference(a, b))
+
+
 @pytest.mark.parametrize(
     "a_shape,b_shape",
     [
@@ -133,6 +147,8 @@ def test_matmul_large_parallel(force_scalar):
         ((2, 0, 3, 4), (4, 5)),  # empty batch
         ((2, 3, 0), (2, 0, 4)),  # k = 0: zeros
         ((2, 0, 3), (2, 3, 4)),  # m = 0
+        ((2, 1, 40, 70), (3, 70, 36)),  # both broadcast, large enough for the AMX path
+        ((33, 96), (2, 96, 64)),
     ],
 )
 def test_batched_matmul_broadcasts_like_tf(force_scalar, a_shape, b_shape):
@@ -301,3 +317,32 @@ W = np.ones((3, 3, 2, 4), U64)
 def test_conv2d_bad_inputs_raise_clear_errors(x, w, strides, padding, error, message):
     with pytest.raises(error, match="^ring_conv2d: .*" + message):
         ops.ring_conv2d(x, w, strides, padding)
+
+
+# Every instruction-set path of the matmul must give the same words: each cap of TFPPML_ISA (see
+# tfppml.ops._library) checks shapes on both sides of the AMX path's size threshold in a fresh process.
+_ISA_PROBE = """
+import sys
+import numpy as np
+from tfppml import ops
+rng = np.random.default_rng(5)
+shapes = [((1, 40), (40, 8)), ((64, 300), (300, 96)), ((3, 45, 130), (3, 130, 70)), ((32, 64), (64, 32)),
+          ((37, 8200), (8200, 35))]
+ok = []
+for a_shape, b_shape in shapes:
+    a = rng.integers(0, 2**64, size=a_shape, dtype=np.uint64)
+    b = rng.integers(0, 2**64, size=b_shape, dtype=np.uint64)
+    ok.append(bool((ops.ring_matmul(a, b).numpy() == np.matmul(a, b)).all()))
+print(all(ok), ok)
+"""
+
+
+@pytest.mark.parametrize("cap", ["scalar", "avx2", "avx512", "amx"])
+def test_every_isa_path_matches_numpy(cap):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TFPPML_ISA": cap, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run([sys.executable, "-c", _ISA_PROBE], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.strip().splitlines()[-1].startswith("True"), run.stdout

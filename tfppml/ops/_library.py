@@ -48,7 +48,7 @@ def load(stem: str, directory: pathlib.Path = _HERE) -> types.ModuleType:
 
 #: Values of the environment variable TFPPML_ISA, which caps the vector instructions the kernels use (read by
 #: cc/kernels/cpu_isa.cc when the library loads; every cap gives the same results, only slower).
-ISA_CAPS = ("scalar", "avx2", "avx512")
+ISA_CAPS = ("scalar", "avx2", "avx512", "amx")
 
 
 def check_isa_cap(value: str | None) -> None:
