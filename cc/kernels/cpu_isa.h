@@ -8,7 +8,7 @@ namespace tfppml {
 
 enum class CpuIsa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3 };
 
-// The widest usable set: AMX needs AMX-TILE and AMX-INT8 besides AVX-512 (the OS must still grant it, see
+// The widest usable set: AMX needs AMX-TILE, AMX-INT8 and AVX512-VBMI besides AVX-512 (the OS must still grant it, see
 // ring_gemm::AmxUsable), AVX-512 needs AVX-512F and AVX-512BW, AVX2 needs AVX2.
 CpuIsa MaxCpuIsa();
 

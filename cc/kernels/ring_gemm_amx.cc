@@ -64,37 +64,66 @@ struct TileConfig {
   uint8_t rows[16] = {};
 };
 
-// Byte planes of rows [row0, row1) of A (row-major [m, k] uint64), row0 a multiple of 16, into tiles:
+// Byte planes of rows [row0, row1) of A (row-major [m, k] uint64) into tiles:
 // planes[i][row / 16][col / 64][row % 16][col % 64] (plane stride plane_stride, k_pad columns), so that every
 // 16 x 64-byte tile is 1 KiB of contiguous memory (a strided tile of rows k_pad bytes apart hit one cache set).
-void PackAPlanes(const uint64_t* a, int64_t k, int64_t row0, int64_t row1, int64_t k_pad, int64_t plane_stride,
-                 uint8_t* planes) {
+// Eight elements at a time: vpmovqb takes the low byte of each of eight words.
+__attribute__((target("avx512f,avx512bw"))) void PackAPlanes(const uint64_t* a, int64_t k, int64_t row0,
+                                                             int64_t row1, int64_t k_pad, int64_t plane_stride,
+                                                             uint8_t* planes) {
   for (int64_t r = row0; r < row1; ++r) {
     const uint64_t* src = a + r * k;
-    const int64_t row_base = (r / kTile) * kTile * k_pad + (r % kTile) * kTileK;
-    for (int i = 0; i < kBytes; ++i) {
-      uint8_t* dst = planes + i * plane_stride + row_base;
-      const int shift = 8 * i;
-      for (int64_t c = 0; c < k; ++c) dst[(c / kTileK) * kTile * kTileK + c % kTileK] = static_cast<uint8_t>(src[c] >> shift);
+    uint8_t* row_base = planes + (r / kTile) * kTile * k_pad + (r % kTile) * kTileK;
+    for (int64_t c = 0; c < k; c += 8) {
+      const __mmask8 valid = static_cast<__mmask8>(k - c >= 8 ? 0xff : (1u << (k - c)) - 1);
+      __m512i v = _mm512_maskz_loadu_epi64(valid, src + c);
+      uint8_t* dst = row_base + (c / kTileK) * kTile * kTileK + c % kTileK;
+      for (int i = 0; i < kBytes; ++i, v = _mm512_srli_epi64(v, 8)) {
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + i * plane_stride), _mm512_cvtepi64_epi8(v));
+      }
     }
   }
 }
 
 // Byte planes of k-groups [group0, group1) (4 rows of B each) into tiles in the VNNI layout:
 // planes[i][col / 16][group][col % 16][4] (plane stride plane_stride), so a B tile (16 groups x 16 columns x 4
-// bytes) is 1 KiB of contiguous memory.
-void PackBPlanes(const uint64_t* b, int64_t k, int64_t n, int64_t group0, int64_t group1, int64_t k_pad,
-                 int64_t plane_stride, uint8_t* planes) {
+// bytes) is 1 KiB of contiguous memory.  Sixteen columns of a group at a time: the low bytes of its four rows
+// side by side, then one byte permutation (vpermb) interleaves them column by column.
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) void PackBPlanes(const uint64_t* b, int64_t k, int64_t n,
+                                                                        int64_t group0, int64_t group1,
+                                                                        int64_t k_pad, int64_t plane_stride,
+                                                                        uint8_t* planes) {
   const int64_t strip = (k_pad / 4) * kTile * 4;  // bytes of one 16-column strip of a plane
+  alignas(64) uint8_t order[64];
+  for (int c = 0; c < kTile; ++c) {
+    for (int q = 0; q < 4; ++q) order[4 * c + q] = static_cast<uint8_t>(q * kTile + c);
+  }
+  const __m512i interleave = _mm512_load_si512(order);
   for (int64_t g = group0; g < group1; ++g) {
-    for (int64_t q = 0; q < 4; ++q) {
-      const int64_t row = 4 * g + q;
-      if (row >= k) break;  // the rest of the group stays zero
-      const uint64_t* src = b + row * n;
+    for (int64_t c0 = 0; c0 < n; c0 += kTile) {
+      // rows[q][h]: columns c0 + 8h .. c0 + 8h + 7 of row 4g + q (zero past k or n).
+      __m512i rows[4][2];
+      for (int q = 0; q < 4; ++q) {
+        const int64_t row = 4 * g + q;
+        for (int h = 0; h < 2; ++h) {
+          const int64_t c = c0 + 8 * h;
+          const int64_t left = row < k ? n - c : 0;
+          const __mmask8 valid = static_cast<__mmask8>(left >= 8 ? 0xff : left <= 0 ? 0 : (1u << left) - 1);
+          rows[q][h] = _mm512_maskz_loadu_epi64(valid, valid ? b + row * n + c : b);
+        }
+      }
+      uint8_t* dst = planes + (c0 / kTile) * strip + g * kTile * 4;
       for (int i = 0; i < kBytes; ++i) {
-        uint8_t* dst = planes + i * plane_stride + g * kTile * 4 + q;
-        const int shift = 8 * i;
-        for (int64_t c = 0; c < n; ++c) dst[(c / kTile) * strip + (c % kTile) * 4] = static_cast<uint8_t>(src[c] >> shift);
+        __m512i bytes = _mm512_setzero_si512();
+        for (int q = 0; q < 4; ++q) {
+          const __m128i lo = _mm512_cvtepi64_epi8(rows[q][0]), hi = _mm512_cvtepi64_epi8(rows[q][1]);
+          // Row q's 16 bytes into 128-bit lane q (a masked broadcast: inserti32x4 needs a constant lane).
+          bytes = _mm512_mask_broadcast_i32x4(bytes, static_cast<__mmask16>(0xF << (4 * q)),
+                                              _mm_unpacklo_epi64(lo, hi));
+          rows[q][0] = _mm512_srli_epi64(rows[q][0], 8);
+          rows[q][1] = _mm512_srli_epi64(rows[q][1], 8);
+        }
+        _mm512_storeu_si512(dst + i * plane_stride, _mm512_permutexvar_epi8(interleave, bytes));
       }
     }
   }
