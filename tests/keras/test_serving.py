@@ -84,6 +84,32 @@ def test_convolution_before_power_of_two_pooling_is_truncated_once(inprocess):
 
 
 @pytest.mark.parametrize(
+    "layers,unshared",
+    [
+        ([L.Dense(6, activation="relu", input_shape=(4,)), L.Dense(3), L.Softmax()], True),
+        ([L.Dense(6, activation="relu", input_shape=(4,)), L.Dense(3, activation="softmax")], True),
+        ([L.Dense(6, activation="relu", input_shape=(4,)), L.Dense(6), L.Reshape((2, 3))], True),
+        ([L.Dense(6, activation="relu", input_shape=(4,)), L.Dense(3, activation="relu")], False),
+    ],
+)
+def test_the_output_layer_returns_its_terms_without_a_round(inprocess, layers, unshared):
+    # The model's last linear layer leaves its product unshared (no reshare/truncation round): the servers hand
+    # their terms to the client, which decodes at twice the fractional bits.
+    tf.keras.utils.set_random_seed(1)
+    model = tf.keras.Sequential(layers)
+    name = f"m_terms_{len(layers)}_{unshared}_{layers[-1].name}"
+    model.share(inprocess, name=name, identity="driver")
+    program = inprocess.backend.parties[0].programs[name]
+    products = [step["args"] for step in program.steps if step["op"] == "matmul"]
+    assert [args.get("terms", False) for args in products] == [False, unshared]
+    assert program.output_frac_bits == (2 if unshared else 1) * inprocess.frac_bits
+    model.serve(1, block=False)
+    client = Client().connect_to_model(model.input_shape, logits_model(model).output_shape, inprocess, model_name=name)
+    x = np.random.default_rng(1).normal(size=(5, 4))
+    np.testing.assert_allclose(client.query_model(x), logits_model(model)(x).numpy(), atol=2e-3)
+
+
+@pytest.mark.parametrize(
     "layers,words",
     [
         ([L.Dense(4, activation="tanh", input_shape=(3,))], ["tanh", "dense"]),

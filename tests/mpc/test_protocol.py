@@ -198,3 +198,77 @@ def test_query_takes_a_shared_input_or_an_array_and_leaves_nothing_behind(inproc
     assert [set(p.store) for p in inprocess.backend.parties] == stores
     with pytest.raises(TypeError, match="ABY3.query.*`x` must be numeric"):
         inprocess.query("lin", "abc")
+
+
+# --- a program's last layer left unshared (reshare=False) ------------------------------------------------------
+W1 = np.array([[1.0, -2.0, 0.5], [0.5, 3.0, -1.0]])
+W2 = np.array([[0.25, -1.5], [2.0, 0.5], [-0.75, 1.0]])
+B2 = np.array([0.125, -3.0])
+
+
+def _mlp_program(prot, name, reshare):
+    w1, w2, b2 = prot.share(W1), prot.share(W2), prot.share(B2)
+    builder, x = prot.program([1, 2])
+    out = mpc.matmul(mpc.relu(x @ w1), w2, reshare=reshare) + b2
+    assert out.terms is (not reshare)
+    prot.register_program(name, out)
+    return w1, w2, b2
+
+
+def _messages_per_query(prot, name, value):
+    prot.serve(name, 1)
+    prot.communication_stats(reset=True)
+    result = prot.query(name, value)
+    return result, [s["messages_received"] for s in prot.communication_stats().values()]
+
+
+def test_unshared_last_layer_sends_nothing_and_is_exact(inprocess):
+    value = np.array([[1.5, -0.25]])
+    expected = np.maximum(value @ W1, 0) @ W2 + B2
+    w1 = inprocess.share(W1)
+    builder, x = inprocess.program([1, 2])
+    inprocess.register_program("hidden_only", mpc.relu(x @ w1))
+    _, hidden = _messages_per_query(inprocess, "hidden_only", value)
+    results, messages = {}, {}
+    for reshare in (True, False):
+        keep = _mlp_program(inprocess, f"mlp_{reshare}", reshare)
+        results[reshare], messages[reshare] = _messages_per_query(inprocess, f"mlp_{reshare}", value)
+        del keep
+    # The unshared last layer adds no message to the hidden layer's; the reshared one adds its round.
+    assert messages[False] == hidden
+    assert max(messages[True]) > max(hidden) and sum(messages[True]) > sum(hidden)
+    np.testing.assert_allclose(results[False], expected, atol=8 * RES)
+    np.testing.assert_allclose(results[True], expected, atol=8 * RES)
+
+
+def test_unshared_terms_are_rerandomised_per_query(inprocess):
+    # The same shared input twice: without the zero-sharing the servers' terms x_i (w_i + w_{i+1}) + x_{i+1} w_i
+    # would repeat, and the client, which knows its input's shares, would learn about the weights from them.
+    w = inprocess.share(W1)
+    builder, x = inprocess.program([1, 2])
+    inprocess.register_program("terms_only", mpc.matmul(x, w, reshare=False))
+    inprocess.serve("terms_only", 2)
+    shared = inprocess.share(np.array([[1.5, -0.25]]))
+    first, second = (inprocess._run("query", {"name": "terms_only", "input": shared.id}) for _ in range(2))
+    terms = [[np.asarray(t["term"]) for _, t in answers] for answers in (first, second)]
+    assert all(a.dtype == np.uint64 for a in terms[0])
+    assert all(not np.array_equal(a, b) for a, b in zip(*terms))
+    sums = [np.sum(np.stack(t), axis=0, dtype=np.uint64) for t in terms]
+    np.testing.assert_array_equal(sums[0], sums[1])
+    assert {meta["frac_bits"] for meta, _ in first} == {2 * inprocess.frac_bits}
+
+
+def test_unshared_terms_are_refused_where_they_cannot_go(inprocess):
+    w = inprocess.share(W1)
+    with pytest.raises(ValueError, match=r"ABY3.matmul: reshare=False is for the last layer of a program"):
+        mpc.matmul(inprocess.share(np.ones((1, 2))), w, reshare=False)
+    with pytest.raises(TypeError, match="`reshare` must be a bool"):
+        mpc.matmul(inprocess.share(np.ones((1, 2))), w, reshare="no")
+    builder, x = inprocess.program([1, 2])
+    terms = mpc.matmul(x, w, reshare=False)
+    for call in (lambda: mpc.relu(terms), lambda: terms * 2.0, lambda: terms @ w.T, lambda: terms.sum()):
+        with pytest.raises(ValueError, match="`x` holds a product's unshared terms"):
+            call()
+    # What they can do: be added to, reshaped and returned.
+    out = (terms + inprocess.share(np.ones(3))).reshape(3)
+    assert out.terms and out.frac_bits == 2 * inprocess.frac_bits

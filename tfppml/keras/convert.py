@@ -52,6 +52,8 @@ class ConversionContext:
     final_layer: Any = None
     # The layer converted after the current one (None for the last), for fusions such as conv + pooling.
     next_layer: Any = None
+    # Every layer converted after the current one.
+    later_layers: list = dataclasses.field(default_factory=list)
 
     def share_weight(self, value: np.ndarray) -> SharedTensor:
         shared = self.builder.real.share(np.asarray(value, dtype=np.float64))
@@ -122,6 +124,19 @@ def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+def _is_output_layer(ctx: "ConversionContext", layer: Any) -> bool:
+    """Whether `layer`'s linear output is the model's output: no activation but a final softmax (dropped), and
+    only shape changes after it."""
+    name = _activation_name(layer)
+    if name != "linear" and not (name == "softmax" and layer is ctx.final_layer):
+        return False
+    return all(
+        isinstance(later, (layers.Flatten, layers.Reshape, layers.Dropout))
+        or (later is ctx.final_layer and _is_softmax(later))
+        for later in ctx.later_layers
+    )
+
+
 def _is_softmax(layer: Any) -> bool:
     return isinstance(layer, layers.Softmax) or (
         isinstance(layer, layers.Activation) and _activation_name(layer) == "softmax"
@@ -137,7 +152,8 @@ def convert(model: tf.keras.Model, ctx: ConversionContext, x: SharedTensor) -> S
         last = index == len(chain) - 1
         if layer in pending_bn["skip"]:
             continue
-        ctx.next_layer = next((later for later in chain[index + 1:] if later not in pending_bn["skip"]), None)
+        ctx.later_layers = [later for later in chain[index + 1:] if later not in pending_bn["skip"]]
+        ctx.next_layer = ctx.later_layers[0] if ctx.later_layers else None
         if last and _is_softmax(layer):
             warnings.warn(f"dropping the final softmax layer {layer.name!r}: private outputs are logits (same argmax)")
             continue
@@ -187,9 +203,12 @@ def _linear_layer(ctx: ConversionContext, layer: Any, x: SharedTensor, kernel: n
             and following.padding.upper() == "VALID"
             and _is_power_of_two(int(np.prod(following.pool_size)))
         )
-        y = mpc.conv2d(x, w, strides=layer.strides, padding=layer.padding.upper(), truncate=not defer)
+        y = mpc.conv2d(x, w, strides=layer.strides, padding=layer.padding.upper(), truncate=not defer,
+                       reshare=defer or not _is_output_layer(ctx, layer))
     else:
-        y = x @ w  # Dense acts on the last axis; leading axes are batch axes of the matmul
+        # Dense acts on the last axis; leading axes are batch axes of the matmul.  The model's output layer
+        # skips the product's reshare round: the servers return their terms of it to the client as they are.
+        y = mpc.matmul(x, w, reshare=not _is_output_layer(ctx, layer))
     if bias is not None and np.ndim(bias) > 0:
         y = y + ctx.share_weight(np.broadcast_to(bias, kernel.shape[-1:]))
     return y

@@ -42,16 +42,22 @@ def relu(x: SharedTensor) -> SharedTensor:
     return _protocol(x, "relu").relu(x)
 
 
-def matmul(x: SharedTensor, y: Any) -> SharedTensor:
-    """Matrix product, as `x @ y`."""
-    return _protocol(x, "matmul").matmul(x, y)
+def matmul(x: SharedTensor, y: Any, *, reshare: bool = True) -> SharedTensor:
+    """Matrix product, as `x @ y`; reshare=False for a program's last layer (see `ABY3.matmul`)."""
+    return _protocol(x, "matmul").matmul(x, y, reshare=reshare)
 
 
 def conv2d(
-    x: SharedTensor, filters: Any, strides: Any = 1, padding: str = "VALID", *, truncate: bool = True
+    x: SharedTensor,
+    filters: Any,
+    strides: Any = 1,
+    padding: str = "VALID",
+    *,
+    truncate: bool = True,
+    reshare: bool = True,
 ) -> SharedTensor:
     """2-D convolution with tf.nn.conv2d's conventions (NHWC input, HWIO filters); see `ABY3.conv2d`."""
-    return _protocol(x, "conv2d").conv2d(x, filters, strides, padding, truncate=truncate)
+    return _protocol(x, "conv2d").conv2d(x, filters, strides, padding, truncate=truncate, reshare=reshare)
 
 
 def avg_pool2d(x: SharedTensor, pool_size: Any = 2, strides: Any = None, padding: str = "VALID") -> SharedTensor:

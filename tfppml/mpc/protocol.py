@@ -73,6 +73,16 @@ def _encode_index(index: Any) -> list[dict]:
     return encoded
 
 
+def _check_terms(x: SharedTensor, fn: str, arg: str, terms_ok: bool) -> SharedTensor:
+    """x, unless it holds a product's unshared terms and `fn` cannot take them (see `ABY3.matmul`)."""
+    if x.terms and not terms_ok:
+        raise ValueError(
+            f"{fn}: argument `{arg}` holds a product's unshared terms (reshare=False): it can only be added to, "
+            "reshaped and returned as a program's output"
+        )
+    return x
+
+
 def _opt_int(v: Any) -> int | None:
     return None if v is None else int(v)
 
@@ -147,35 +157,39 @@ class ABY3:
         except Exception:  # interpreter shutdown: nothing left to free
             pass
 
-    def _result(self, op: str, args: dict, shape: Sequence[int], frac_bits: int, tensors=None) -> SharedTensor:
+    def _result(
+        self, op: str, args: dict, shape: Sequence[int], frac_bits: int, tensors=None, *, terms: bool = False
+    ) -> SharedTensor:
         out = self._new_id()
         answers = self._run(op, {**args, "out": out}, tensors)
         shapes = {tuple(meta.get("shape", ())) for meta, _ in answers}
         expected = tuple(int(d) for d in shape)
         if shapes != {expected}:
             raise ProtocolError(f"{op}: the parties report result shapes {sorted(shapes)}, expected {expected}")
-        return SharedTensor(self, out, expected, frac_bits)
+        return SharedTensor(self, out, expected, frac_bits, terms=terms)
 
     def _party_index(self, name: str, arg: str, fn: str) -> int:
         if name not in self.party_names:
             raise ValueError(f"{fn}: argument `{arg}` must name one of the parties {self.party_names}, got {name!r}")
         return self.party_names.index(name)
 
-    def _check_own(self, x: Any, fn: str, arg: str) -> SharedTensor:
+    def _check_own(self, x: Any, fn: str, arg: str, *, terms_ok: bool = False) -> SharedTensor:
         if not isinstance(x, SharedTensor):
             raise TypeError(f"{fn}: argument `{arg}` must be a SharedTensor, got {type(x).__name__}")
         if x.protocol is not self:
             raise ValueError(f"{fn}: argument `{arg}` belongs to another protocol instance")
-        return x
+        return _check_terms(x, fn, arg, terms_ok)
 
-    def _operand(self, value: Operand, fn: str, arg: str, *, frac_bits: int | None = None) -> SharedTensor:
+    def _operand(
+        self, value: Operand, fn: str, arg: str, *, frac_bits: int | None = None, terms_ok: bool = False
+    ) -> SharedTensor:
         """A shared operand, or a public value turned into the trivial sharing (v, 0, 0) at the servers.
 
         Public integers (Python ints, integer arrays) are kept as integers (0 fractional bits) so that
         multiplying by them needs no truncation; public floats are encoded with `frac_bits`.
         """
         if isinstance(value, SharedTensor):
-            return self._check_own(value, fn, arg)
+            return self._check_own(value, fn, arg, terms_ok=terms_ok)
         if isinstance(value, (tf.Tensor, tf.Variable)):
             value = value.numpy()
         array = np.asarray(value)
@@ -199,7 +213,9 @@ class ABY3:
         """x with `frac_bits` fractional bits (exact and local: a multiplication by 2**d)."""
         if x.frac_bits == frac_bits:
             return x
-        return self._result("scale_up", {"x": x.id, "bits": frac_bits - x.frac_bits}, x.shape, frac_bits)
+        return self._result(
+            "scale_up", {"x": x.id, "bits": frac_bits - x.frac_bits}, x.shape, frac_bits, terms=x.terms
+        )
 
     def _align(self, x: SharedTensor, y: SharedTensor) -> tuple[SharedTensor, SharedTensor]:
         """Brings two operands to the same number of fractional bits."""
@@ -306,7 +322,7 @@ class ABY3:
 
     def free(self, x: SharedTensor) -> None:
         """Deletes a shared tensor's shares at the servers."""
-        self._run("free", {"ids": [self._check_own(x, "ABY3.free", "x").id]})
+        self._run("free", {"ids": [self._check_own(x, "ABY3.free", "x", terms_ok=True).id]})
 
     # --- arithmetic -------------------------------------------------------------------------------------
     def add(self, x: Operand, y: Operand) -> SharedTensor:
@@ -322,19 +338,41 @@ class ABY3:
         like = x if isinstance(x, SharedTensor) else y
         if not isinstance(like, SharedTensor):
             raise TypeError(f"{fn}: at least one operand must be a SharedTensor")
-        xs = self._operand(x, fn, "x", frac_bits=like.frac_bits)
-        ys = self._operand(y, fn, "y", frac_bits=like.frac_bits)
+        xs = self._operand(x, fn, "x", frac_bits=like.frac_bits, terms_ok=True)
+        ys = self._operand(y, fn, "y", frac_bits=like.frac_bits, terms_ok=True)
         xs, ys = self._align(xs, ys)
-        return self._result(op, {"x": xs.id, "y": ys.id}, self._broadcast(fn, xs, ys), xs.frac_bits)
+        shape = self._broadcast(fn, xs, ys)
+        return self._result(op, {"x": xs.id, "y": ys.id}, shape, xs.frac_bits, terms=xs.terms or ys.terms)
 
     def neg(self, x: SharedTensor) -> SharedTensor:
         x = self._check_own(x, "ABY3.neg", "x")
         return self._result("neg", {"x": x.id}, x.shape, x.frac_bits)
 
+    # A program's builder sets this: only a recorded program may leave a product unshared (reshare=False).
+    _recording = False
+
     def _product(
-        self, op: str, fn: str, x: SharedTensor, y: SharedTensor, shape, extra=None, truncate: bool = True
+        self,
+        op: str,
+        fn: str,
+        x: SharedTensor,
+        y: SharedTensor,
+        shape,
+        extra=None,
+        truncate: bool = True,
+        reshare: bool = True,
     ) -> SharedTensor:
+        if not isinstance(reshare, bool):
+            raise TypeError(f"{fn}: argument `reshare` must be a bool, got {type(reshare).__name__}")
         total = x.frac_bits + y.frac_bits
+        if not reshare:
+            if not self._recording:
+                raise ValueError(
+                    f"{fn}: reshare=False is for the last layer of a program (see ABY3.program): its unshared "
+                    "terms can only be added to, reshaped and returned to the querying client"
+                )
+            args = {"x": x.id, "y": y.id, "trunc": 0, "terms": True, **(extra or {})}
+            return self._result(op, args, shape, total, terms=True)
         trunc = total - self.frac_bits if truncate and total > self.frac_bits else 0
         args = {"x": x.id, "y": y.id, "trunc": trunc, **(extra or {})}
         return self._result(op, args, shape, total - trunc)
@@ -345,8 +383,13 @@ class ABY3:
         xs, ys = self._operand(x, fn, "x"), self._operand(y, fn, "y")
         return self._product("mul", fn, xs, ys, self._broadcast(fn, xs, ys))
 
-    def matmul(self, x: Operand, y: Operand) -> SharedTensor:
-        """Matrix product [..., m, k] @ [..., k, n] (batch dimensions broadcast)."""
+    def matmul(self, x: Operand, y: Operand, *, reshare: bool = True) -> SharedTensor:
+        """Matrix product [..., m, k] @ [..., k, n] (batch dimensions broadcast).
+
+        reshare=False (only while recording a program, for its last layer) skips the product's one message: each
+        server keeps its term of an additive sharing of the untruncated product (at the operands' summed
+        fractional bits), re-randomised by a zero-sharing, and a query returns the terms to the client as they
+        are.  Such a result can only be added to (e.g. a bias), reshaped and returned."""
         fn = "ABY3.matmul"
         xs, ys = self._operand(x, fn, "x"), self._operand(y, fn, "y")
         if xs.ndim < 2 or ys.ndim < 2:
@@ -360,16 +403,24 @@ class ABY3:
             batch = np.broadcast_shapes(xs.shape[:-2], ys.shape[:-2])
         except ValueError:
             raise ValueError(f"{fn}: batch dimensions of {xs.shape} and {ys.shape} cannot be broadcast") from None
-        return self._product("matmul", fn, xs, ys, (*batch, xs.shape[-2], ys.shape[-1]))
+        return self._product("matmul", fn, xs, ys, (*batch, xs.shape[-2], ys.shape[-1]), reshare=reshare)
 
     def conv2d(
-        self, x: Operand, filters: Operand, strides: Any = 1, padding: str = "VALID", *, truncate: bool = True
+        self,
+        x: Operand,
+        filters: Operand,
+        strides: Any = 1,
+        padding: str = "VALID",
+        *,
+        truncate: bool = True,
+        reshare: bool = True,
     ) -> SharedTensor:
         """2-D convolution as tf.nn.conv2d: x is NHWC, filters HWIO; padding "VALID" or "SAME".
 
         truncate=False leaves the result at the sum of the operands' fractional bits (no interaction beyond the
         product's one message): for a following step that truncates anyway, e.g. `avg_pool2d`, which then
-        truncates the smaller pooled tensor once instead of the convolution's output.
+        truncates the smaller pooled tensor once instead of the convolution's output.  reshare=False: as for
+        `matmul` (a program's last layer).
         """
         fn = "tfppml.mpc.conv2d"
         xs, ws = self._operand(x, fn, "x"), self._operand(filters, fn, "filters")
@@ -392,7 +443,7 @@ class ABY3:
         extra = {"strides": [sh, sw], "padding": padding}
         if not isinstance(truncate, bool):
             raise TypeError(f"{fn}: argument `truncate` must be a bool, got {type(truncate).__name__}")
-        return self._product("conv2d", fn, xs, ws, (n, oh, ow, cout), extra, truncate=truncate)
+        return self._product("conv2d", fn, xs, ws, (n, oh, ow, cout), extra, truncate=truncate, reshare=reshare)
 
     def truncate(self, x: SharedTensor, bits: int) -> SharedTensor:
         """Divides by 2**bits, lowering the fractional bits of x by `bits` (interactive)."""
@@ -403,14 +454,14 @@ class ABY3:
 
     # --- shape and reductions (local) -------------------------------------------------------------------
     def reshape(self, x: SharedTensor, shape: Sequence[int]) -> SharedTensor:
-        x = self._check_own(x, "ABY3.reshape", "x")
+        x = self._check_own(x, "ABY3.reshape", "x", terms_ok=True)
         try:
             requested = [int(d) for d in shape]
             new_shape = np.broadcast_to(np.empty(()), x.shape).reshape(tuple(requested)).shape
         except (ValueError, TypeError) as err:
             raise ValueError(f"ABY3.reshape: cannot reshape {x.shape} to {tuple(shape)}: {err}") from None
         # The requested shape (with any -1) goes to the servers, so a program stays valid for other batch sizes.
-        return self._result("reshape", {"x": x.id, "shape": requested}, new_shape, x.frac_bits)
+        return self._result("reshape", {"x": x.id, "shape": requested}, new_shape, x.frac_bits, terms=x.terms)
 
     def transpose(self, x: SharedTensor, perm: Sequence[int] | None = None) -> SharedTensor:
         x = self._check_own(x, "ABY3.transpose", "x")
@@ -599,23 +650,29 @@ class ProgramBuilder(ABY3):
         self.party_names = real.party_names
         self.steps: list[dict] = []
 
-    def _result(self, op: str, args: dict, shape: Sequence[int], frac_bits: int, tensors=None) -> SharedTensor:
+    _recording = True
+
+    def _result(
+        self, op: str, args: dict, shape: Sequence[int], frac_bits: int, tensors=None, *, terms: bool = False
+    ) -> SharedTensor:
         if tensors:
             raise ProtocolError(f"a program step cannot carry data ({op})")
         out = f"${len(self.steps)}"
         self.steps.append({"op": op, "args": {**args, "out": out}})
-        return SharedTensor(self, out, shape, frac_bits)
+        return SharedTensor(self, out, shape, frac_bits, terms=terms)
 
-    def _check_own(self, x: Any, fn: str, arg: str) -> SharedTensor:
+    def _check_own(self, x: Any, fn: str, arg: str, *, terms_ok: bool = False) -> SharedTensor:
         if not isinstance(x, SharedTensor):
             raise TypeError(f"{fn}: argument `{arg}` must be a SharedTensor, got {type(x).__name__}")
         if x.protocol is not self and x.protocol is not self.real:
             raise ValueError(f"{fn}: argument `{arg}` belongs to another protocol instance")
-        return x
+        return _check_terms(x, fn, arg, terms_ok)
 
-    def _operand(self, value: Operand, fn: str, arg: str, *, frac_bits: int | None = None) -> SharedTensor:
+    def _operand(
+        self, value: Operand, fn: str, arg: str, *, frac_bits: int | None = None, terms_ok: bool = False
+    ) -> SharedTensor:
         if isinstance(value, SharedTensor):
-            return self._check_own(value, fn, arg)
+            return self._check_own(value, fn, arg, terms_ok=terms_ok)
         # Public constants become real shared constants of the owner, referenced by the program.
         constant = self.real._operand(value, fn, arg, frac_bits=frac_bits)
         self.constants.append(constant)

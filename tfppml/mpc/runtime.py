@@ -103,7 +103,11 @@ def ring_sum(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndar
 
 class Share:
     """One party's view of a shared tensor: its two components, whether they are additive or XOR shares (or a
-    plaintext revealed to this party), and the identity that owns it (only the owner may use or reveal it)."""
+    plaintext revealed to this party), and the identity that owns it (only the owner may use or reveal it).
+
+    kind "terms" is a product left unshared (a program's last layer, `reshare=False`): `a` is this party's term
+    of a three-way additive sharing (no pair: `b` is empty), so it can only be added to, reshaped and returned.
+    """
 
     __slots__ = ("a", "b", "kind", "owner")
 
@@ -192,15 +196,22 @@ class OpContext:
         self.privileged = privileged
 
     # --- the share store, with ownership ----------------------------------------------------------------
-    def get(self, share_id: Any, kind: str = "arith") -> Share:
+    def get(self, share_id: Any, kind: str | None = "arith") -> Share:
         store = self.party.store
         if not isinstance(share_id, str) or share_id not in store:
             raise ProtocolError(f"party {self.party.names[self.i]} holds no shared tensor {share_id!r}")
         share = store[share_id]
         if not self.privileged and share.owner != self.caller:
             raise PolicyDenied(f"{self.caller!r} may not use shared tensor {share_id!r}: it belongs to another identity")
-        if share.kind != kind:
+        if kind is not None and share.kind != kind:
             raise ProtocolError(f"shared tensor {share_id!r} is a {share.kind} sharing, expected {kind}")
+        return share
+
+    def get_additive(self, share_id: Any) -> Share:
+        """`get` for operations that also take a product's unshared terms (kind "terms"): add, reshape, output."""
+        share = self.get(share_id, kind=None)
+        if share.kind not in ("arith", "terms"):
+            raise ProtocolError(f"shared tensor {share_id!r} is a {share.kind} sharing, expected arith")
         return share
 
     def put(self, share_id: Any, share: Share) -> dict:
@@ -321,13 +332,20 @@ class OpContext:
             return self.prg(1, f"{label}/y1", shape), y2
         return y2, self.prg(0, f"{label}/y0", shape)
 
-    def multiply(self, x: Pair, y: Pair, label: str, trunc_bits: int, product=None) -> Pair:
-        """Shares of product(x, y) for any bilinear `product` (elementwise by default, matmul, conv2d)."""
+    def product_term(self, x: Pair, y: Pair, label: str, product=None) -> np.ndarray:
+        """This party's term of a fresh three-way additive sharing of product(x, y) (no message).
+
+        The zero-sharing makes the three terms uniformly random given their sum: without it a party's term would
+        be a fixed function of its shares, which whoever receives the terms (the reshare's peer, or a program's
+        client) must not see."""
         product = product or rmul
         # x_i*y_i + x_i*y_{i+1} + x_{i+1}*y_i = x_i*(y_i + y_{i+1}) + x_{i+1}*y_i: two products, not three.
         z = radd(product(x[0], radd(y[0], y[1])), product(x[1], y[0]))
-        z = radd(z, self.zero_share(f"{label}/alpha", list(np.shape(z))))
-        return self.reshare(z, label, trunc_bits)
+        return radd(z, self.zero_share(f"{label}/alpha", list(np.shape(z))))
+
+    def multiply(self, x: Pair, y: Pair, label: str, trunc_bits: int, product=None) -> Pair:
+        """Shares of product(x, y) for any bilinear `product` (elementwise by default, matmul, conv2d)."""
+        return self.reshare(self.product_term(x, y, label, product), label, trunc_bits)
 
     def and_(self, x: Pair, y: Pair, label: str) -> Pair:
         """Bitwise AND of XOR-shared words (64 AND gates per element, one message per party)."""
@@ -410,6 +428,10 @@ class OpContext:
         d = sub(x, y)
         bit = self.nonnegative(d, f"{label}/ge")
         return add(y, self.multiply(bit, d, f"{label}/sel", 0))
+
+
+#: The missing second component of a "terms" share.
+_NO_PAIR = np.zeros(0, dtype=np.uint64)
 
 
 def public_term(i: int, value: Any, like: np.ndarray) -> Pair:
@@ -556,7 +578,10 @@ def _free(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
 # --- local (communication-free) operations ---------------------------------------------------------------
 def _local_binary(fn):
     def run(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
-        x, y = ctx.get(args.get("x")), ctx.get(args.get("y"))
+        x, y = ctx.get_additive(args.get("x")), ctx.get_additive(args.get("y"))
+        if "terms" in (x.kind, y.kind):
+            # Party i's first components of a pair sharing sum to its value, as terms do: t_i + y_i are terms.
+            return ctx.put(args.get("out"), Share(fn(x.a, y.a), _NO_PAIR, "terms")), {}
         return ctx.put(args.get("out"), Share(fn(x.a, y.a), fn(x.b, y.b))), {}
 
     return run
@@ -575,16 +600,20 @@ def _neg(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
 @party_op("scale_up")
 def _scale_up(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     """Multiplies by 2**bits locally (raises the fixed-point scale of a share exactly)."""
-    x = ctx.get(args.get("x"))
+    x = ctx.get_additive(args.get("x"))
     bits = _int_arg(args, "bits", 0, 62)
+    if x.kind == "terms":
+        return ctx.put(args.get("out"), Share(shift_left(x.a, bits), _NO_PAIR, "terms")), {}
     return ctx.put(args.get("out"), Share(shift_left(x.a, bits), shift_left(x.b, bits))), {}
 
 
 @party_op("reshape")
 def _reshape(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
-    x = ctx.get(args.get("x"))
+    x = ctx.get_additive(args.get("x"))
     shape = _shape_arg(args, "shape")
     try:
+        if x.kind == "terms":
+            return ctx.put(args.get("out"), Share(np.reshape(x.a, shape), _NO_PAIR, "terms")), {}
         return ctx.put(args.get("out"), Share(np.reshape(x.a, shape), np.reshape(x.b, shape))), {}
     except ValueError as err:
         raise ProtocolError(f"reshape of {x.shape} to {shape} failed: {err}") from err
@@ -647,6 +676,13 @@ def _product_op(make_product):
     def run(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
         x, y = ctx.get(args.get("x")), ctx.get(args.get("y"))
         trunc = _int_arg(args, "trunc", 0, 62)
+        terms = args.get("terms", False)
+        if not isinstance(terms, bool) or (terms and trunc):
+            raise ProtocolError(f"product: 'terms' must be a bool, and cannot go with truncation; got {terms!r}, trunc {trunc}")
+        if terms:
+            # No reshare: each party keeps its term (a program's last layer returns it to the client as is).
+            z = ctx.product_term(_pair(x), _pair(y), "mul", make_product(args))
+            return ctx.put(args.get("out"), Share(z, _NO_PAIR, "terms")), {}
         z = ctx.multiply(_pair(x), _pair(y), "mul", trunc, make_product(args))
         return ctx.put(args.get("out"), Share(*z)), {}
 
@@ -874,7 +910,7 @@ def _query(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
             resolved = {key: _resolve(value, input_id, ctx.op_id) for key, value in step["args"].items()}
             produced.append(resolved["out"])
             PARTY_OPS[step["op"]](OpContext(ctx.party, f"{ctx.op_id}.{k}", ctx.caller, privileged=True), resolved, {})
-        result = inner.get(produced[-1])
+        result = inner.get_additive(produced[-1])
         meta = {"shape": result.shape, "frac_bits": program.output_frac_bits}
         answer = {"term": result.a}
     finally:

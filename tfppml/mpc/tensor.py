@@ -20,18 +20,24 @@ class SharedTensor:
         id: the name of the shares at the servers.
         shape: the static shape.
         frac_bits: fractional bits of the fixed-point value (0 for shared integers such as comparison bits).
+        terms: True for a product left unshared in a program (`matmul(..., reshare=False)`): each server holds one
+            term of an additive sharing, so it can only be added to, reshaped and returned as the output.
     """
 
     __array_priority__ = 1000  # so that `ndarray + shared` defers to SharedTensor.__radd__
 
-    def __init__(self, protocol: "ABY3", share_id: str, shape: Sequence[int], frac_bits: int) -> None:
+    def __init__(
+        self, protocol: "ABY3", share_id: str, shape: Sequence[int], frac_bits: int, *, terms: bool = False
+    ) -> None:
         self.protocol = protocol
         self.id = share_id
         self.shape = tuple(int(d) for d in shape)
         self.frac_bits = frac_bits
+        self.terms = terms
 
     def __repr__(self) -> str:
-        return f"SharedTensor(id={self.id!r}, shape={self.shape}, frac_bits={self.frac_bits})"
+        extra = ", terms=True" if self.terms else ""
+        return f"SharedTensor(id={self.id!r}, shape={self.shape}, frac_bits={self.frac_bits}{extra})"
 
     @property
     def ndim(self) -> int:
