@@ -4,8 +4,9 @@ TF Encrypted 0.9.1's ABY3, in one run.
     .venv/bin/python benchmarks/mpc.py            # full run (creates TF Encrypted's venv on first use)
     .venv/bin/python benchmarks/mpc.py --no-peer  # tfppml and plain TensorFlow only
 
-For every operation it prints the median time, the bytes each server sent and its rounds (messages received),
-and the ratios.  Shares are in place before timing; each timing covers the whole secure operation at the three
+For every operation it prints the median time, the bytes each server sent and the most messages a server
+received (the rounds, except where one round brings a server two messages: the one-round truncation, the ReLU's
+bit injection), and the ratios.  Shares are in place before timing; each timing covers the whole secure operation at the three
 servers (products include truncation) as seen by the driver, nothing revealed.
 """
 
@@ -74,7 +75,7 @@ def measure_ours(sizes: list[int], repeats: int) -> dict:
             results[name] = {
                 "median_s": median_time(fn, reps),
                 "bytes_sent_per_party": max(s["bytes_sent"] for s in stats.values()),
-                "rounds": max(s["messages_received"] for s in stats.values()),
+                "messages": max(s["messages_received"] for s in stats.values()),
             }
 
         for n in sizes:
@@ -128,7 +129,7 @@ def main() -> int:
 
     print(f"\ncluster start {ours['cluster_start_s']:.1f} s; first call (protocol set-up + 256 matmul) "
           f"{ours['first_call_s']:.2f} s" + (f"; TF Encrypted first call {peer['first_call_s']:.1f} s" if peer and "first_call_s" in peer else ""))
-    header = f"{'operation':<12} {'tfppml':>10} {'bytes/party':>12} {'rounds':>6} {'TF fp32':>10} {'x fp32':>8}"
+    header = f"{'operation':<12} {'tfppml':>10} {'bytes/party':>12} {'msgs':>6} {'TF fp32':>10} {'x fp32':>8}"
     if peer:
         header += f" {'TF Encrypted':>13} {'speed-up':>9}"
     print(header)
@@ -136,7 +137,7 @@ def main() -> int:
         ours_s = ours[name]["median_s"]
         line = (
             f"{name:<12} {ours_s * 1e3:>8.1f}ms {ours[name]['bytes_sent_per_party']:>12,d} "
-            f"{ours[name]['rounds']:>6d} {plain[name] * 1e3:>8.2f}ms {ours_s / plain[name]:>7.1f}x"
+            f"{ours[name]['messages']:>6d} {plain[name] * 1e3:>8.2f}ms {ours_s / plain[name]:>7.1f}x"
         )
         if peer and name in peer:
             line += f" {peer[name] * 1e3:>11.1f}ms {peer[name] / ours_s:>8.1f}x"

@@ -234,9 +234,10 @@ def test_unshared_last_layer_sends_nothing_and_is_exact(inprocess):
         keep = _mlp_program(inprocess, f"mlp_{reshare}", reshare)
         results[reshare], messages[reshare] = _messages_per_query(inprocess, f"mlp_{reshare}", value)
         del keep
-    # The unshared last layer adds no message to the hidden layer's; the reshared one adds its round.
-    assert messages[False] == hidden
-    assert max(messages[True]) > max(hidden) and sum(messages[True]) > sum(hidden)
+    # The unshared last layer adds no message to the hidden layer's; the reshared one adds its round.  (Totals:
+    # which party receives how many of a ReLU's messages depends on roles that rotate from call to call.)
+    assert sum(messages[False]) == sum(hidden)
+    assert sum(messages[True]) > sum(hidden)
     np.testing.assert_allclose(results[False], expected, atol=8 * RES)
     np.testing.assert_allclose(results[True], expected, atol=8 * RES)
 

@@ -190,3 +190,53 @@ def test_broken_one_round_truncation_is_detected(monkeypatch):
 
     monkeypatch.setattr(runtime.OpContext, "_reshare_truncate_one_round", leaky)
     assert_views_leak(run_and_record(3.7), run_and_record(-3.7))
+
+
+def _ot_view(monkeypatch=None):
+    """What the receiver of bit_times' first oblivious transfer (role R1) gets, and the value it must not learn.
+
+    Returns (d, u): d = the difference of the two messages R0 sent it; u = v'_0 + v'_1, R0's sum of shares of
+    the ReLU's input.  With R0's masks d is uniform; without them d = +-u, and R1 (which holds v'_2) would learn
+    the input."""
+    prot = mpc.ABY3()
+    received = {}
+    for party in prot.backend.parties:
+        inner_recv = party.channel.recv
+
+        def recv(frm, tag, timeout=None, _inner=inner_recv, _index=party.index):
+            array = _inner(frm, tag, timeout)
+            received[(_index, tag.rsplit("/", 2)[-2:][0], tag.rsplit("/", 1)[-1])] = np.asarray(array)
+            return array
+
+        party.channel.recv = recv
+    try:
+        values = np.linspace(-5, 5, N)
+        x = prot.share(values)
+        mpc.relu(x)
+        rot = N % 3
+        r1 = (rot + 1) % 3
+        pair = received[(r1, "sel", "a")]
+        d = runtime.rsub(pair[1], pair[0])
+        encoded = ops.fixed_point_encode(values).numpy()
+        u = runtime.rsub(encoded, prot.backend.parties[r1].store[x.id].b)  # x - v'_2
+        return d, u
+    finally:
+        prot.close()
+
+
+def test_bit_injection_hides_the_unchosen_message():
+    d, u = _ot_view()
+    assert not np.any(d == u) and not np.any(d == runtime.rneg(u))
+
+
+def test_broken_bit_injection_without_masks_is_detected(monkeypatch):
+    original = runtime.OpContext.prg
+
+    def no_masks(self, key, label, shape):
+        if "/a/w" in label:  # R0's masks of the first transfer (sender and helper draw them alike)
+            return np.zeros(shape, np.uint64)
+        return original(self, key, label, shape)
+
+    monkeypatch.setattr(runtime.OpContext, "prg", no_masks)
+    d, u = _ot_view()
+    assert np.all((d == u) | (d == runtime.rneg(u)))

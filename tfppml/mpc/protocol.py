@@ -314,8 +314,8 @@ class ABY3:
     def communication_stats(self, reset: bool = False) -> dict[str, dict[str, int]]:
         """Messages and bytes each server sent and messages it received (since the last reset).
 
-        A server receives one message per communication round of a protocol step, so `messages_received`
-        of one operation is its number of rounds.
+        A server receives at most one message per peer per communication round, mostly one per round; the
+        one-round truncation and the ReLU's bit injection bring some servers two messages in a round.
         """
         answers = self._run("stats", {"reset": bool(reset)})
         return {name: meta["stats"] for name, (meta, _) in zip(self.party_names, answers)}
