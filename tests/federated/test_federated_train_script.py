@@ -10,17 +10,9 @@ import time
 
 import pytest
 
-from tfppml.federated.runtime import tff_worker_children
+from tfppml.federated.runtime import process_running, tff_worker_children
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _run(tmp_path, args, terminate_after_workers=False):
@@ -41,7 +33,7 @@ def _run(tmp_path, args, terminate_after_workers=False):
         time.sleep(0.2)
     output = proc.communicate(timeout=120)[0].decode(errors="replace")
     time.sleep(0.5)
-    leftover = [pid for pid in seen if _alive(pid)]
+    leftover = [pid for pid in seen if process_running(pid)]
     for pid in leftover:  # do not leak them into the rest of the session even when the test fails
         os.kill(pid, signal.SIGKILL)
     return proc.returncode, output, seen, leftover

@@ -9,17 +9,9 @@ import pytest
 from tfppml.federated import data as fdata
 from tfppml.federated import learning
 from tfppml.federated.remote import start_remote_worker, use_remote_worker
-from tfppml.federated.runtime import install_worker_reaper
+from tfppml.federated.runtime import install_worker_reaper, process_running
 
 install_worker_reaper()
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _cpu_seconds(pid):
@@ -53,7 +45,7 @@ def test_secure_round_on_a_loopback_worker_equals_the_in_process_run():
         assert _cpu_seconds(worker.pid) - before > 0.1
     finally:
         code = worker.stop()
-    assert not worker.running() and not _alive(worker.pid), f"worker {worker.pid} outlived stop()"
+    assert not worker.running() and not process_running(worker.pid), f"worker {worker.pid} outlived stop()"
     assert code == -signal.SIGTERM or code == 0
 
     # Same seed, same clients: the secure sum is exact, so the two runs agree.

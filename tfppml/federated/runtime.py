@@ -19,7 +19,7 @@ import signal
 import time
 from typing import Callable
 
-__all__ = ["install_worker_reaper", "reap_tff_workers", "tff_worker_children"]
+__all__ = ["install_worker_reaper", "process_running", "reap_tff_workers", "tff_worker_children"]
 
 _INSTALLED = False
 
@@ -44,6 +44,16 @@ def tff_worker_children(parent: int | None = None) -> list[int]:
         if is_worker and len(fields) > 1 and fields[0] != "Z" and int(fields[1]) == parent:
             found.append(int(entry))
     return sorted(found)
+
+
+def process_running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode(errors="replace")
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def reap_tff_workers(timeout: float = 5.0) -> list[int]:

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 import tfppml.mpc as mpc
 from tfppml.mpc import SharedTensor
+from tfppml.mpc.protocol import divides_by_truncation
 
 layers = tf.keras.layers
 Converter = Callable[["ConversionContext", Any, SharedTensor], SharedTensor]
@@ -120,10 +121,6 @@ def check_model(model: tf.keras.Model) -> list[Any]:
     return chain
 
 
-def _is_power_of_two(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
-
-
 def _is_output_layer(ctx: "ConversionContext", layer: Any) -> bool:
     """Whether `layer`'s linear output is the model's output: no activation but a final softmax (dropped), and
     only shape changes after it."""
@@ -201,7 +198,7 @@ def _linear_layer(ctx: ConversionContext, layer: Any, x: SharedTensor, kernel: n
             and isinstance(following, layers.AveragePooling2D)
             and following.data_format == "channels_last"
             and following.padding.upper() == "VALID"
-            and _is_power_of_two(int(np.prod(following.pool_size)))
+            and divides_by_truncation(int(np.prod(following.pool_size)))
         )
         y = mpc.conv2d(x, w, strides=layer.strides, padding=layer.padding.upper(), truncate=not defer,
                        reshare=defer or not _is_output_layer(ctx, layer))

@@ -73,6 +73,12 @@ def _encode_index(index: Any) -> list[dict]:
     return encoded
 
 
+def divides_by_truncation(area: int) -> bool:
+    """Whether `avg_pool2d` divides a window sum of `area` elements by truncation alone (a power of two), so that
+    a product feeding it may be left untruncated (the Keras converter relies on the same rule)."""
+    return area > 0 and area & (area - 1) == 0
+
+
 def _check_terms(x: SharedTensor, fn: str, arg: str, terms_ok: bool) -> SharedTensor:
     """x, unless it holds a product's unshared terms and `fn` cannot take them (see `ABY3.matmul`)."""
     if x.terms and not terms_ok:
@@ -555,7 +561,7 @@ class ABY3:
         summed = self._result("window_sum", {"x": x.id, "pool": pool, "strides": stride}, shape, x.frac_bits)
         area = pool[0] * pool[1]
         extra = max(x.frac_bits - self.frac_bits, 0)
-        if area & (area - 1) == 0:
+        if divides_by_truncation(area):
             bits = extra + area.bit_length() - 1
             if bits == 0:
                 return summed
