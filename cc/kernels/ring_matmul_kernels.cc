@@ -175,3 +175,30 @@ class RingConv2DOp : public OpKernel {
 REGISTER_KERNEL_BUILDER(Name("TfppmlRingConv2D").Device(DEVICE_CPU), RingConv2DOp);
 
 }  // namespace tfppml
+
+// The same product of two row-major matrices into a caller's buffer, for tfppml.ops.ring_matmul_numpy (called
+// through ctypes).  Why: a protocol round of a single private query multiplies a row by a layer's weights, and
+// the TF eager dispatch (with the conversion of both NumPy operands to tensors, a copy of the weights) cost more
+// than the product.  Single threaded (the caller keeps it for small products); the Python wrapper has already
+// checked the arguments, this re-checks what would corrupt memory.  Returns 0, or -1 on a bad argument.
+extern "C" __attribute__((visibility("default"))) int tfppml_ring_matmul_fill(const uint64_t* a, const uint64_t* b,
+                                                                             uint64_t* c, int64_t m, int64_t k,
+                                                                             int64_t n) {
+  if (m < 0 || k < 0 || n < 0 || (m * n > 0 && c == nullptr) || (m * k > 0 && a == nullptr) ||
+      (k * n > 0 && b == nullptr)) {
+    return -1;
+  }
+  if (m == 0 || n == 0) return 0;
+  tfppml::ring_gemm::BatchedMatMulArgs args;
+  args.a = a;
+  args.b = b;
+  args.c = c;
+  args.m = m;
+  args.k = k;
+  args.n = n;
+  std::vector<uint64_t> workspace(static_cast<size_t>(tfppml::ring_gemm::BatchedMatMulWorkspaceWords(args)));
+  const tfppml::ring_gemm::ParallelForFn serial =
+      [](int64_t total, int64_t, const std::function<void(int64_t, int64_t)>& fn) { fn(0, total); };
+  tfppml::ring_gemm::BatchedMatMul(args, workspace.data(), tfppml::ChooseIsa(false), 1, serial);
+  return 0;
+}

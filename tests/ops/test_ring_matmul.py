@@ -136,6 +136,32 @@ def test_matmul_long_k_of_all_ones_bytes(force_scalar):
     np.testing.assert_array_equal(_ring_matmul(a, b, force_scalar=force_scalar).numpy(), matmul_reference(a, b))
 
 
+@pytest.mark.parametrize("m,k,n", [(1, 784, 128), (3, 5, 7), (0, 3, 4), (4, 0, 3), (40, 300, 50), (11, 600, 11)])
+def test_numpy_variant_matches_the_kernel(m, k, n):
+    rng = np.random.default_rng(m + 10 * k + 100 * n)
+    a, b = ring_values(rng, (m, k)), ring_values(rng, (k, n))
+    result = ops.ring_matmul_numpy(a, b)
+    assert result.dtype == np.uint64 and result.shape == (m, n)
+    np.testing.assert_array_equal(result, matmul_reference(a, b))
+    np.testing.assert_array_equal(result, ops.ring_matmul(a, b).numpy())
+    # Non-contiguous operands are accepted (copied to contiguous ones first).
+    np.testing.assert_array_equal(ops.ring_matmul_numpy(np.asfortranarray(a), b[:, ::-1]), matmul_reference(a, b[:, ::-1]))
+
+
+@pytest.mark.parametrize(
+    "a,b,error,message",
+    [
+        (np.ones((2, 3), np.int64), np.ones((3, 2), np.uint64), TypeError, "`a` must be a uint64 NumPy array"),
+        (np.ones((2, 3), np.uint64), [[1, 2]], TypeError, "`b` must be a uint64 NumPy array"),
+        (np.ones(3, np.uint64), np.ones((3, 2), np.uint64), ValueError, "`a` must be a matrix"),
+        (np.ones((2, 3), np.uint64), np.ones((4, 2), np.uint64), ValueError, "inner dimensions differ"),
+    ],
+)
+def test_numpy_variant_bad_arguments(a, b, error, message):
+    with pytest.raises(error, match=message):
+        ops.ring_matmul_numpy(a, b)
+
+
 @pytest.mark.parametrize(
     "a_shape,b_shape",
     [
@@ -333,6 +359,8 @@ for a_shape, b_shape in shapes:
     a = rng.integers(0, 2**64, size=a_shape, dtype=np.uint64)
     b = rng.integers(0, 2**64, size=b_shape, dtype=np.uint64)
     ok.append(bool((ops.ring_matmul(a, b).numpy() == np.matmul(a, b)).all()))
+    if len(a_shape) == 2:
+        ok.append(bool((ops.ring_matmul_numpy(a, b) == np.matmul(a, b)).all()))
 print(all(ok), ok)
 """
 

@@ -758,7 +758,18 @@ def _product_op(make_product):
 
 
 party_op("mul")(_product_op(lambda args: rmul))
-party_op("matmul")(_product_op(lambda args: lambda u, v: _array(ops.ring_matmul(u, v))))
+#: Matrix products up to this many multiply-adds run through ctypes on the calling thread (no TF dispatch, which
+#: cost more than a query row times a layer's weights); larger ones through the TF kernel on all cores.
+MATMUL_NUMPY_MAX_MACS = 1 << 21
+
+
+def _matmul(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    if u.ndim == 2 and v.ndim == 2 and u.shape[0] * u.shape[1] * v.shape[1] <= MATMUL_NUMPY_MAX_MACS:
+        return ops.ring_matmul_numpy(u, v)
+    return _array(ops.ring_matmul(u, v))
+
+
+party_op("matmul")(_product_op(lambda args: _matmul))
 party_op("conv2d")(
     _product_op(
         lambda args: lambda u, v: _array(ops.ring_conv2d(u, v, strides=args["strides"], padding=args["padding"]))

@@ -10,7 +10,7 @@ from tfppml.ops.fixed_point import fixed_point_decode, fixed_point_encode
 from tfppml.ops.gaussian_noise import add_gaussian_noise, gaussian_noise
 from tfppml.ops.prg import prg_uniform, prg_uniform_numpy
 from tfppml.ops.ring import ring_add, ring_mul, ring_neg, ring_reduce_sum, ring_shift_right, ring_sub
-from tfppml.ops.ring_matmul import ring_conv2d, ring_matmul
+from tfppml.ops.ring_matmul import ring_conv2d, ring_matmul, ring_matmul_numpy
 
 __all__ = [
     "add_gaussian_noise",
@@ -25,6 +25,7 @@ __all__ = [
     "ring_add",
     "ring_conv2d",
     "ring_matmul",
+    "ring_matmul_numpy",
     "ring_mul",
     "ring_neg",
     "ring_reduce_sum",

@@ -19,15 +19,17 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tfppml.ops._checks import raise_as_value_error, to_uint64
+from tfppml.ops._library import c_function
 from tfppml.ops._library import ops as _ops
 
-__all__ = ["ring_conv2d", "ring_matmul"]
+__all__ = ["ring_conv2d", "ring_matmul", "ring_matmul_numpy"]
 
 _PADDINGS = ("SAME", "VALID")
 
@@ -58,6 +60,45 @@ def ring_matmul(a: Any, b: Any) -> tf.Tensor:
                [                  0]], dtype=uint64)
     """
     return _ring_matmul(a, b, force_scalar=False)
+
+
+_FILL_ARGTYPES = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+
+
+def ring_matmul_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`ring_matmul` of two uint64 matrices as a NumPy array, without a TensorFlow op dispatch (same words).
+
+    For callers that multiply small matrices many times outside TensorFlow graphs (the MPC party runtime, one
+    query's row times a layer's weights): the eager dispatch, which also converts both operands to tensors,
+    cost more than such a product.  Runs on one thread; use `ring_matmul` for large products.
+
+    Args:
+        a: uint64 NumPy array of shape `[m, k]`.
+        b: uint64 NumPy array of shape `[k, n]`.
+
+    Returns:
+        uint64 array of shape `[m, n]`, `a @ b mod 2**64`.
+
+    Raises:
+        TypeError: if `a` or `b` is not a uint64 NumPy array.
+        ValueError: if either is not 2-D or the inner dimensions differ.
+    """
+    fn = "ring_matmul_numpy"
+    for name, array in (("a", a), ("b", b)):
+        if not isinstance(array, np.ndarray) or array.dtype != np.uint64:
+            kind = type(array).__name__ + (f" of dtype {array.dtype}" if isinstance(array, np.ndarray) else "")
+            raise TypeError(f"{fn}: argument `{name}` must be a uint64 NumPy array, got {kind}")
+        if array.ndim != 2:
+            raise ValueError(f"{fn}: argument `{name}` must be a matrix (2-D), got shape {array.shape}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"{fn}: inner dimensions differ: a has shape {a.shape}, b has shape {b.shape}")
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    (m, k), n = a.shape, b.shape[1]
+    out = np.empty((m, n), dtype=np.uint64)
+    fill = c_function("tfppml_ring_matmul_fill", _FILL_ARGTYPES)
+    if fill(a.ctypes.data, b.ctypes.data, out.ctypes.data, m, k, n) != 0:
+        raise ValueError(f"{fn}: the kernel refused shapes {a.shape} and {b.shape}")
+    return out
 
 
 def _ring_matmul(a: Any, b: Any, *, force_scalar: bool) -> tf.Tensor:
