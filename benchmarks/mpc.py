@@ -21,6 +21,7 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # no INFO lines from gRPC's C core (e.g. "Got goaway")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

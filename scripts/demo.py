@@ -19,6 +19,7 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # no INFO lines from gRPC's C core (e.g. "Got goaway")
 
 
 def say(message: str) -> None:

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
+
+# gRPC's C core logs connection events (e.g. "Got goaway" when a peer stops) at INFO on stderr; the command line
+# and the workers it runs show errors only, unless GRPC_VERBOSITY is set.  Before anything imports grpc.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 # Modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (
