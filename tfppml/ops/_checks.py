@@ -46,6 +46,14 @@ def to_uint64(value: Any, *, fn: str, arg: str) -> tf.Tensor:
     return to_tensor(value, fn=fn, arg=arg, dtypes=(tf.uint64,))
 
 
+def check_uint64_array(value: Any, *, fn: str, arg: str) -> np.ndarray:
+    """`value` if it is a uint64 NumPy array (the ctypes entry points take no other), else TypeError."""
+    if not isinstance(value, np.ndarray) or value.dtype != np.uint64:
+        got = type(value).__name__ + (f" of dtype {value.dtype}" if isinstance(value, np.ndarray) else "")
+        raise TypeError(f"{fn}: argument `{arg}` must be a uint64 NumPy array, got {got}")
+    return value
+
+
 def check_int(value: Any, *, fn: str, arg: str, low: int, high: int) -> int:
     """A Python integer in [low, high]."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

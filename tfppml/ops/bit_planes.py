@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfppml.ops._checks import to_uint64
+from tfppml.ops._checks import check_uint64_array, to_uint64
 from tfppml.ops._library import c_function, ops as _ops
 
 __all__ = ["bit_planes", "bit_planes_numpy", "plane_bits_numpy"]
@@ -45,9 +45,7 @@ def bit_planes_numpy(x: np.ndarray) -> np.ndarray:
     Raises:
         TypeError: `x` is not a uint64 NumPy array.
     """
-    if not isinstance(x, np.ndarray) or x.dtype != np.uint64:
-        got = type(x).__name__ if not isinstance(x, np.ndarray) else f"an array of dtype {x.dtype}"
-        raise TypeError(f"bit_planes_numpy: argument `x` must be a uint64 NumPy array, got {got}")
+    check_uint64_array(x, fn="bit_planes_numpy", arg="x")
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty((64, -(-flat.size // 64)), dtype=np.uint64)
     if c_function("tfppml_bit_planes", _PLANES_ARGTYPES)(flat.ctypes.data, flat.size, out.ctypes.data) != 0:

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfppml.ops._checks import raise_as_value_error, to_uint64
+from tfppml.ops._checks import check_uint64_array, raise_as_value_error, to_uint64
 from tfppml.ops._library import c_function, ops as _ops
 
 MAX_OFFSET = 2**63 - 1
@@ -126,9 +126,7 @@ def prg_uniform_numpy(seed: Any, shape: Sequence[int], offset: int = 0) -> np.nd
         True
     """
     fn = "prg_uniform_numpy"
-    if not isinstance(seed, np.ndarray) or seed.dtype != np.uint64:
-        raise TypeError(f"{fn}: argument `seed` must be a uint64 NumPy array, got {type(seed).__name__}"
-                        f"{'' if not isinstance(seed, np.ndarray) else ' of dtype ' + str(seed.dtype)}")
+    check_uint64_array(seed, fn=fn, arg="seed")
     if seed.ndim != 1 or seed.shape[0] not in (2, 4):
         raise ValueError(f"{fn}: argument `seed` must be a vector of 2 or 4 uint64 words, got shape {seed.shape}")
     dims = _check_dims(fn, shape)

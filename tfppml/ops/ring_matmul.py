@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfppml.ops._checks import raise_as_value_error, to_uint64
+from tfppml.ops._checks import check_uint64_array, raise_as_value_error, to_uint64
 from tfppml.ops._library import c_function
 from tfppml.ops._library import ops as _ops
 
@@ -85,9 +85,7 @@ def ring_matmul_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     fn = "ring_matmul_numpy"
     for name, array in (("a", a), ("b", b)):
-        if not isinstance(array, np.ndarray) or array.dtype != np.uint64:
-            kind = type(array).__name__ + (f" of dtype {array.dtype}" if isinstance(array, np.ndarray) else "")
-            raise TypeError(f"{fn}: argument `{name}` must be a uint64 NumPy array, got {kind}")
+        check_uint64_array(array, fn=fn, arg=name)
         if array.ndim != 2:
             raise ValueError(f"{fn}: argument `{name}` must be a matrix (2-D), got shape {array.shape}")
     if a.shape[1] != b.shape[0]:
