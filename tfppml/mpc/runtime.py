@@ -644,13 +644,19 @@ def _free(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
 
 
 # --- local (communication-free) operations ---------------------------------------------------------------
+def _componentwise(fn, *shares: Share) -> Share:
+    """fn applied to the shares' components alike.  With a "terms" operand the result is terms (first components
+    only): party i's first components of a pair sharing sum to its value, as terms do, so t_i + y_i are terms."""
+    first = fn(*(share.a for share in shares))
+    if any(share.kind == "terms" for share in shares):
+        return Share(first, _NO_PAIR, "terms")
+    return Share(first, fn(*(share.b for share in shares)))
+
+
 def _local_binary(fn):
     def run(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
         x, y = ctx.get_additive(args.get("x")), ctx.get_additive(args.get("y"))
-        if "terms" in (x.kind, y.kind):
-            # Party i's first components of a pair sharing sum to its value, as terms do: t_i + y_i are terms.
-            return ctx.put(args.get("out"), Share(fn(x.a, y.a), _NO_PAIR, "terms")), {}
-        return ctx.put(args.get("out"), Share(fn(x.a, y.a), fn(x.b, y.b))), {}
+        return ctx.put(args.get("out"), _componentwise(fn, x, y)), {}
 
     return run
 
@@ -670,9 +676,7 @@ def _scale_up(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     """Multiplies by 2**bits locally (raises the fixed-point scale of a share exactly)."""
     x = ctx.get_additive(args.get("x"))
     bits = _int_arg(args, "bits", 0, 62)
-    if x.kind == "terms":
-        return ctx.put(args.get("out"), Share(shift_left(x.a, bits), _NO_PAIR, "terms")), {}
-    return ctx.put(args.get("out"), Share(shift_left(x.a, bits), shift_left(x.b, bits))), {}
+    return ctx.put(args.get("out"), _componentwise(lambda t: shift_left(t, bits), x)), {}
 
 
 @party_op("reshape")
@@ -680,9 +684,7 @@ def _reshape(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     x = ctx.get_additive(args.get("x"))
     shape = _shape_arg(args, "shape")
     try:
-        if x.kind == "terms":
-            return ctx.put(args.get("out"), Share(np.reshape(x.a, shape), _NO_PAIR, "terms")), {}
-        return ctx.put(args.get("out"), Share(np.reshape(x.a, shape), np.reshape(x.b, shape))), {}
+        return ctx.put(args.get("out"), _componentwise(lambda t: np.reshape(t, shape), x)), {}
     except ValueError as err:
         raise ProtocolError(f"reshape of {x.shape} to {shape} failed: {err}") from err
 
