@@ -440,9 +440,13 @@ class OpContext:
         # R2 and R0 hold is rot (prg index role 0 for R0, role 1 for R2), the one R0 and R1 hold is rot + 1.
         k02, k01 = rot, rot + 1
 
+        def masks(key: int, step: str) -> tuple[np.ndarray, np.ndarray]:
+            # The sender and the helper of a transfer draw the same two masks from the key they share.
+            return self.prg(key, f"{label}/{step}/w0", shape), self.prg(key, f"{label}/{step}/w1", shape)
+
         def masked_pair(chooser_known: np.ndarray, value: np.ndarray, key: int, step: str) -> np.ndarray:
             r = self.prg(key, f"{label}/{step}/r", shape)
-            w0, w1 = self.prg(key, f"{label}/{step}/w0", shape), self.prg(key, f"{label}/{step}/w1", shape)
+            w0, w1 = masks(key, step)
             sv = rmul(chooser_known, value)
             m0 = rsub(sv, r)  # (s ^ 0) * value - r
             m1 = rsub(rsub(value, sv), r)  # (s ^ 1) * value - r
@@ -454,7 +458,7 @@ class OpContext:
             return rsub(np.where(choice.astype(bool), pair[1], pair[0]), mask)
 
         def helper_mask(choice: np.ndarray, key: int, step: str) -> np.ndarray:
-            w0, w1 = self.prg(key, f"{label}/{step}/w0", shape), self.prg(key, f"{label}/{step}/w1", shape)
+            w0, w1 = masks(key, step)
             return np.where(choice.astype(bool), w1, w0)
 
         if role == 0:
