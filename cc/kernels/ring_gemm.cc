@@ -105,9 +105,6 @@ const MicroKernel* KernelsFor(Isa isa) {
   return kScalar;
 }
 
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t RoundUp(int64_t a, int64_t b) { return CeilDiv(a, b) * b; }
-
 // A 64-byte aligned scratch buffer (a std::vector underneath: allocation failure behaves as elsewhere in TF).
 class Scratch {
  public:
@@ -121,21 +118,6 @@ class Scratch {
   std::vector<uint64_t> storage_;
   uint64_t* data_;
 };
-
-// Runs `worker` on up to `threads` threads of the pool; each worker takes units of work one at a time from a
-// shared counter until none is left.  So a thread that other load on the machine delays does not hold the
-// rest up, and no more threads are busy than the pool has (the pool's own splitting may also run shards on
-// the calling thread).  worker(next) must loop: for (u = next++; u < units; u = next++).
-template <class Worker>
-void RunWorkers(const ParallelForFn& pf, int64_t threads, int64_t units, int64_t cost_per_unit,
-                const Worker& worker) {
-  if (units <= 0) return;
-  std::atomic<int64_t> next{0};
-  const int64_t workers = std::max<int64_t>(1, std::min(threads, units));
-  pf(workers, std::max<int64_t>(1, cost_per_unit * units / workers), [&](int64_t begin, int64_t end) {
-    for (int64_t w = begin; w < end; ++w) worker(next);
-  });
-}
 
 int64_t NumStrips(int64_t n) { return CeilDiv(n, kNr); }
 int64_t PackedBWords(int64_t k, int64_t n) { return NumStrips(n) * kNr * k; }

@@ -13,6 +13,8 @@
 #ifndef TFPPML_CC_KERNELS_RING_GEMM_H_
 #define TFPPML_CC_KERNELS_RING_GEMM_H_
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 
@@ -36,6 +38,25 @@ const char* IsaName(Isa isa);
 // Runs fn(begin, end) over [0, total), possibly in parallel; cost_per_unit is a rough cycle count.
 using ParallelForFn = std::function<void(int64_t total, int64_t cost_per_unit,
                                          const std::function<void(int64_t, int64_t)>& fn)>;
+
+// Helpers shared by the GEMM back ends (ring_gemm.cc, ring_gemm_amx.cc).
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t RoundUp(int64_t a, int64_t b) { return CeilDiv(a, b) * b; }
+
+// Runs `worker` on up to `threads` threads of the pool; each worker takes units of work one at a time from a
+// shared counter until none is left.  So a thread that other load on the machine delays does not hold the
+// rest up, and no more threads are busy than the pool has (the pool's own splitting may also run shards on
+// the calling thread).  worker(next) must loop: for (u = next++; u < units; u = next++).
+template <class Worker>
+void RunWorkers(const ParallelForFn& pf, int64_t threads, int64_t units, int64_t cost_per_unit,
+                const Worker& worker) {
+  if (units <= 0) return;
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::max<int64_t>(1, std::min(threads, units));
+  pf(workers, std::max<int64_t>(1, cost_per_unit * units / workers), [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) worker(next);
+  });
+}
 
 // Batched matrix product C[g] = A[a_index[g]] x B[b_index[g]], g in [0, batches).  A holds row-major [m, k]
 // matrices (as many as a_index refers to), B holds b_count row-major [k, n] matrices, C holds `batches`

@@ -47,8 +47,6 @@ constexpr int64_t kBlock = 2 * kTile;   // outputs per block side (2 x 2 accumul
 constexpr int64_t kKChunk = 8192;       // k per pass: keeps S_0..S_3 exact (see the top of the file)
 constexpr int kBytes = 8;
 
-int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
-
 // Linux keeps AMX's 8 KiB register state off until a process asks for it (arch_prctl, Linux 5.16+).
 bool RequestAmxPermission() {
   constexpr int kArchReqXcompPerm = 0x1023;
@@ -216,56 +214,45 @@ void BatchedMatMulAmx(const BatchedMatMulArgs& args, int num_threads, const Para
   const int64_t threads = std::max(1, num_threads);
 
   // Planes, in parallel over blocks of 16 rows of A and 16 k-groups of B.
-  const int64_t a_units = a_count * ((m + kTile - 1) / kTile);
-  const int64_t b_groups = k_pad / 4;
-  const int64_t b_units = args.b_count * ((b_groups + kTile - 1) / kTile);
-  std::atomic<int64_t> next{0};
-  pf(threads, (a_units + b_units) * kTile * std::max(k, n) * 8 / threads + 1, [&](int64_t begin, int64_t end) {
-    for (int64_t w = begin; w < end; ++w) {
-      for (int64_t u = next++; u < a_units + b_units; u = next++) {
-        if (u < a_units) {
-          const int64_t per = (m + kTile - 1) / kTile;
-          const int64_t g = u / per, r0 = (u % per) * kTile;
-          PackAPlanes(args.a + g * m * k, k, r0, std::min(m, r0 + kTile), k_pad, a_plane,
-                      a_planes.data() + g * kBytes * a_plane);
-        } else {
-          const int64_t v = u - a_units, per = (b_groups + kTile - 1) / kTile;
-          const int64_t g = v / per, q0 = (v % per) * kTile;
-          PackBPlanes(args.b + g * k * n, k, n, q0, std::min(b_groups, q0 + kTile), k_pad, b_plane,
-                      b_planes.data() + g * kBytes * b_plane);
-        }
+  const int64_t a_per = CeilDiv(m, kTile), b_groups = k_pad / 4, b_per = CeilDiv(b_groups, kTile);
+  const int64_t a_units = a_count * a_per, b_units = args.b_count * b_per;
+  RunWorkers(pf, threads, a_units + b_units, kTile * std::max(k, n) * 8, [&](std::atomic<int64_t>& next) {
+    for (int64_t u = next++; u < a_units + b_units; u = next++) {
+      if (u < a_units) {
+        const int64_t g = u / a_per, r0 = (u % a_per) * kTile;
+        PackAPlanes(args.a + g * m * k, k, r0, std::min(m, r0 + kTile), k_pad, a_plane,
+                    a_planes.data() + g * kBytes * a_plane);
+      } else {
+        const int64_t g = (u - a_units) / b_per, q0 = ((u - a_units) % b_per) * kTile;
+        PackBPlanes(args.b + g * k * n, k, n, q0, std::min(b_groups, q0 + kTile), k_pad, b_plane,
+                    b_planes.data() + g * kBytes * b_plane);
       }
     }
   });
 
   const int64_t row_blocks = m_pad / kBlock, col_blocks = n_pad / kBlock;
   const int64_t units = args.batches * row_blocks * col_blocks;
-  std::atomic<int64_t> next_block{0};
-  const int64_t workers = std::min(threads, units);
-  pf(workers, std::max<int64_t>(1, 36 * k_pad * kBlock * kBlock / 64 * units / workers),
-     [&](int64_t begin, int64_t end) {
-       ConfigureTiles();
-       alignas(64) uint64_t acc[kBlock][kBlock];
-       for (int64_t w = begin; w < end; ++w) {
-         for (int64_t u = next_block++; u < units; u = next_block++) {
-           const int64_t g = u / (row_blocks * col_blocks);
-           const int64_t rb = (u / col_blocks) % row_blocks, cb = u % col_blocks;
-           const int64_t ag = args.a_index ? args.a_index[g] : g;
-           const int64_t bg = args.b_index ? args.b_index[g] : g;
-           std::memset(acc, 0, sizeof(acc));
-           for (int64_t k0 = 0; k0 < k_pad; k0 += kKChunk) {
-             Block(a_planes.data() + ag * kBytes * a_plane, a_plane, k_pad, b_planes.data() + bg * kBytes * b_plane,
-                   b_plane, rb * kBlock, cb * kBlock, k0, std::min(kKChunk, k_pad - k0), acc);
-           }
-           uint64_t* c = args.c + g * m * n;
-           const int64_t rows = std::min(kBlock, m - rb * kBlock), cols = std::min(kBlock, n - cb * kBlock);
-           for (int64_t r = 0; r < rows; ++r) {
-             std::memcpy(c + (rb * kBlock + r) * n + cb * kBlock, acc[r], cols * sizeof(uint64_t));
-           }
-         }
-       }
-       ReleaseTiles();
-     });
+  RunWorkers(pf, threads, units, 36 * k_pad * kBlock * kBlock / 64, [&](std::atomic<int64_t>& next) {
+    ConfigureTiles();
+    alignas(64) uint64_t acc[kBlock][kBlock];
+    for (int64_t u = next++; u < units; u = next++) {
+      const int64_t g = u / (row_blocks * col_blocks);
+      const int64_t rb = (u / col_blocks) % row_blocks, cb = u % col_blocks;
+      const int64_t ag = args.a_index ? args.a_index[g] : g;
+      const int64_t bg = args.b_index ? args.b_index[g] : g;
+      std::memset(acc, 0, sizeof(acc));
+      for (int64_t k0 = 0; k0 < k_pad; k0 += kKChunk) {
+        Block(a_planes.data() + ag * kBytes * a_plane, a_plane, k_pad, b_planes.data() + bg * kBytes * b_plane,
+              b_plane, rb * kBlock, cb * kBlock, k0, std::min(kKChunk, k_pad - k0), acc);
+      }
+      uint64_t* c = args.c + g * m * n;
+      const int64_t rows = std::min(kBlock, m - rb * kBlock), cols = std::min(kBlock, n - cb * kBlock);
+      for (int64_t r = 0; r < rows; ++r) {
+        std::memcpy(c + (rb * kBlock + r) * n + cb * kBlock, acc[r], cols * sizeof(uint64_t));
+      }
+    }
+    ReleaseTiles();
+  });
 }
 
 #else  // no AMX kernel on this platform
