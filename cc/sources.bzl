@@ -22,6 +22,9 @@ TFPPML_OPS_SRCS = [
     "cc/kernels/gaussian_noise_kernels.cc",
     "cc/ops/bit_planes_ops.cc",
     "cc/kernels/bit_planes_kernels.cc",
+    "cc/ops/dcf_ops.cc",
+    "cc/kernels/dcf_kernels.cc",
+    "cc/kernels/dcf.cc",
 ]
 
 TFPPML_OPS_HDRS = [
@@ -29,6 +32,7 @@ TFPPML_OPS_HDRS = [
     "cc/kernels/ring_gemm.h",
     "cc/kernels/chacha20.h",
     "cc/kernels/cpu_isa.h",
+    "cc/kernels/dcf.h",
 ]
 
 # The CKKS kernels (tfppml.he._tfppml_he), linked against the static SEAL 4.1.2 that scripts/build_seal.sh
