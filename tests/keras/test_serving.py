@@ -70,17 +70,26 @@ def test_private_logits_match_keras(inprocess, kind):
     np.testing.assert_array_equal(private.argmax(-1), plain.argmax(-1))
 
 
-def test_convolution_before_power_of_two_pooling_is_truncated_once(inprocess):
+@pytest.mark.parametrize(
+    "model_name, convs, truncations, relus",
+    [
+        # The first conv feeds 2x2 average pooling and then a ReLU: its product stays unshared, the pooling sums
+        # terms, and the ReLU truncates 16 + 2 bits at once; the second conv has a ReLU of its own.
+        ("cnn", [(0, True), (0, True)], [], [18, 16]),
+        # Conv + folded BatchNormalization before 2x2 pooling and a ReLU: the same; the second conv feeds 3x3
+        # pooling (a product by 1/9): truncated as usual.
+        ("cnn_bn_pools", [(0, True), (16, False)], [], [18]),
+    ],
+)
+def test_products_are_truncated_once_before_relus_and_pooling(inprocess, model_name, convs, truncations, relus):
     tf.keras.utils.set_random_seed(0)
-    model = MODELS["cnn"]()
-    model.share(inprocess, name="m_trunc", identity="driver")
-    steps = inprocess.backend.parties[0].programs["m_trunc"].steps
-    convs = [step["args"]["trunc"] for step in steps if step["op"] == "conv2d"]
-    # The first conv feeds 2x2 average pooling: untruncated, the pooling truncates 16 + 2 bits at once; the
-    # second has a ReLU of its own and is truncated as usual.
-    assert convs == [0, 16]
-    assert [step["args"]["bits"] for step in steps if step["op"] == "truncate"] == [18]
-    assert not any(step["op"] == "mul" for step in steps)
+    model = MODELS[model_name]()
+    name = f"m_trunc_{model_name}"
+    model.share(inprocess, name=name, identity="driver")
+    steps = inprocess.backend.parties[0].programs[name].steps
+    assert [(step["args"]["trunc"], step["args"].get("terms", False)) for step in steps if step["op"] == "conv2d"] == convs
+    assert [step["args"]["bits"] for step in steps if step["op"] == "truncate"] == truncations
+    assert [step["args"].get("trunc", 0) for step in steps if step["op"] == "relu"] == relus
 
 
 @pytest.mark.parametrize(
@@ -101,12 +110,43 @@ def test_the_output_layer_returns_its_terms_without_a_round(inprocess, layers, u
     model.share(inprocess, name=name, identity="driver")
     program = inprocess.backend.parties[0].programs[name]
     products = [step["args"] for step in program.steps if step["op"] == "matmul"]
-    assert [args.get("terms", False) for args in products] == [False, unshared]
+    # The hidden layer's product goes unshared into its ReLU, the output layer's to the client (or, when the
+    # model ends in a ReLU, into that ReLU too).
+    assert [args.get("terms", False) for args in products] == [True, True]
     assert program.output_frac_bits == (2 if unshared else 1) * inprocess.frac_bits
     model.serve(1, block=False)
     client = Client().connect_to_model(model.input_shape, logits_model(model).output_shape, inprocess, model_name=name)
     x = np.random.default_rng(1).normal(size=(5, 4))
     np.testing.assert_allclose(client.query_model(x), logits_model(model)(x).numpy(), atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    "layers,fused,relu_trunc",
+    [
+        ([L.Dense(6, input_shape=(4,)), L.ReLU(), L.Dense(3)], True, 16),
+        ([L.Dense(6, input_shape=(4,)), L.Activation("relu"), L.Dense(3)], True, 16),
+        ([L.Dense(6, input_shape=(4,)), L.BatchNormalization(), L.ReLU(), L.Dense(3)], True, 16),
+        ([L.Dense(6, input_shape=(4,)), L.Dropout(0.1), L.ReLU(), L.Dense(3)], False, 0),
+        # The first product is truncated as usual; the second layer's own ReLU truncates its product.
+        ([L.Dense(6, input_shape=(4,)), L.Dense(6, activation="relu"), L.Dense(3)], False, 16),
+    ],
+)
+def test_a_product_feeding_a_relu_is_truncated_by_the_relu(inprocess, layers, fused, relu_trunc):
+    # Only where nothing but a (folded) layer stands between the product and the ReLU: the ReLU then truncates
+    # the product's unshared terms in its own opening (for small tensors one round less).
+    tf.keras.utils.set_random_seed(2)
+    model = tf.keras.Sequential(layers)
+    name = f"m_fused_{len(layers)}_{fused}_{layers[1].name}"
+    model.share(inprocess, name=name, identity="driver")
+    steps = inprocess.backend.parties[0].programs[name].steps
+    first = next(step["args"] for step in steps if step["op"] == "matmul")
+    assert (first["trunc"], first.get("terms", False)) == ((0, True) if fused else (16, False))
+    relu = next(step["args"] for step in steps if step["op"] == "relu")
+    assert relu.get("trunc", 0) == relu_trunc
+    model.serve(1, block=False)
+    client = Client().connect_to_model(model.input_shape, model.output_shape, inprocess, model_name=name)
+    x = np.random.default_rng(2).normal(size=(3, 4))
+    np.testing.assert_allclose(client.query_model(x), model(x, training=False).numpy(), atol=2e-3)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,8 @@ import pytest
 import tensorflow as tf
 
 import tfppml.mpc as mpc
+from tfppml.mpc import runtime
+from tfppml.mpc.tensor import SharedTensor
 
 from .conftest import RES, product_tolerance
 
@@ -22,6 +24,38 @@ def test_nonnegative_exact_including_edges(prot):
 def test_relu_random(prot, rng):
     x = rng.normal(size=(40, 25)) * 50
     np.testing.assert_allclose(prot.reveal(mpc.relu(prot.share(x))), np.maximum(x, 0), atol=RES)
+
+
+# ReLUs of up to runtime.FSS_RELU_MAX_SIZE elements run the function-secret-sharing protocol, larger ones the
+# binary adder: both sizes on both back ends (the networked servers keep their default threshold).
+@pytest.mark.parametrize("size", [64, runtime.FSS_RELU_MAX_SIZE + 1])
+def test_relu_exact_on_both_paths_including_edges(prot, rng, size):
+    bound = prot.encoding.bound
+    edges = np.array([0.0, RES, -RES, 1.0, -1.0, bound - 1, -(bound - 1), 123.456, -0.0001, 2 * RES, -2 * RES])
+    x = np.concatenate([edges, rng.normal(size=size - len(edges)) * 1000])
+    expected = np.maximum(np.round(x / RES), 0) * RES
+    np.testing.assert_array_equal(prot.reveal(mpc.relu(prot.share(x))), expected)
+
+
+@pytest.mark.parametrize("size", [300, runtime.FSS_RELU_MAX_SIZE + 1])
+def test_relu_of_an_untruncated_value_truncates_it(prot, rng, size):
+    # Integers read as fixed point with 2f fractional bits (an unshared product's scale): the ReLU divides them
+    # by 2^f, off by at most one unit, and the small-tensor protocol rounds stochastically (no bias).
+    raw = rng.integers(-(2**40), 2**40, size)
+    raw[:6] = [0, 1, -1, 2**16, 2**16 - 1, -(2**16)]
+    shared = prot.share(raw, integer=True)
+    wide = SharedTensor(prot, shared.id, shared.shape, 2 * prot.frac_bits)
+    out = mpc.relu(wide)
+    assert out.frac_bits == prot.frac_bits
+    got = np.round(prot.reveal(out) / RES).astype(np.int64)
+    exact = np.maximum(raw, 0) / 2.0**16
+    error = got - exact
+    assert np.all(np.abs(error) < 1), error[np.abs(error) >= 1]
+    if size <= runtime.FSS_RELU_MAX_SIZE:
+        # Exact where there is nothing to round: multiples of 2^f and negative values.
+        assert got[[0, 2, 3, 5]].tolist() == [0, 0, 1, 0]
+        positive = raw > 0
+        assert abs(np.mean(error[positive])) < 5 * 0.29 / np.sqrt(positive.sum())
 
 
 def test_relu_of_products_composes(prot, rng):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -261,15 +262,38 @@ def test_unshared_terms_are_rerandomised_per_query(inprocess):
 
 def test_unshared_terms_are_refused_where_they_cannot_go(inprocess):
     w = inprocess.share(W1)
-    with pytest.raises(ValueError, match=r"ABY3.matmul: reshare=False is for the last layer of a program"):
+    with pytest.raises(ValueError, match=r"ABY3.matmul: reshare=False is only for programs"):
         mpc.matmul(inprocess.share(np.ones((1, 2))), w, reshare=False)
     with pytest.raises(TypeError, match="`reshare` must be a bool"):
         mpc.matmul(inprocess.share(np.ones((1, 2))), w, reshare="no")
     builder, x = inprocess.program([1, 2])
     terms = mpc.matmul(x, w, reshare=False)
-    for call in (lambda: mpc.relu(terms), lambda: terms * 2.0, lambda: terms @ w.T, lambda: terms.sum()):
+    for call in (lambda: builder.truncate(terms, 1), lambda: terms * 2.0, lambda: terms @ w.T, lambda: terms.sum()):
         with pytest.raises(ValueError, match="`x` holds a product's unshared terms"):
             call()
-    # What they can do: be added to, reshaped and returned.
+    # What they can do: be added to, reshaped, passed to relu (which truncates them) and returned.
     out = (terms + inprocess.share(np.ones(3))).reshape(3)
     assert out.terms and out.frac_bits == 2 * inprocess.frac_bits
+    activated = mpc.relu(out)
+    assert not activated.terms and activated.frac_bits == inprocess.frac_bits
+
+
+def test_unshared_convolution_pooled_and_activated(inprocess):
+    # conv2d(reshare=False) -> 2x2 average pooling of the terms (no truncation: 2 more fractional bits) -> ReLU,
+    # which truncates 16 + 2 bits; a window of 3x3 cannot average terms.
+    rng = np.random.default_rng(5)
+    filters = rng.normal(size=(3, 3, 1, 2))
+    image = rng.normal(size=(1, 6, 6, 1))
+    shared_filters = inprocess.share(filters)  # kept: a dropped SharedTensor is freed at the servers
+    builder, x = inprocess.program([1, 6, 6, 1])
+    terms = mpc.conv2d(x, shared_filters, reshare=False)
+    pooled = mpc.avg_pool2d(terms, 2)
+    assert pooled.terms and pooled.frac_bits == 2 * inprocess.frac_bits + 2
+    with pytest.raises(ValueError, match=r"only windows of a power-of-two size can average them \(by truncation\), got \[3, 3\]"):
+        mpc.avg_pool2d(terms, 3)
+    inprocess.register_program("conv_pool_relu", mpc.relu(pooled))
+    inprocess.serve("conv_pool_relu", 1)
+    conv = tf.nn.conv2d(image, filters, 1, "VALID")
+    expected = np.maximum(tf.nn.avg_pool2d(conv, 2, 2, "VALID").numpy(), 0)
+    got = inprocess.query("conv_pool_relu", image)
+    np.testing.assert_allclose(got, expected, atol=4 * RES + 9 * product_tolerance(image, filters))

@@ -240,3 +240,72 @@ def test_broken_bit_injection_without_masks_is_detected(monkeypatch):
     monkeypatch.setattr(runtime.OpContext, "prg", no_masks)
     d, u = _ot_view()
     assert np.all((d == u) | (d == runtime.rneg(u)))
+
+
+# --- The function-secret-sharing ReLU (tensors of up to runtime.FSS_RELU_MAX_SIZE elements) ------------------
+# P0 deals DCF keys and receives nothing; P1 and P2 see the opened c = x + r, one key, the other evaluator's
+# masked term and masked output share.  The dealer's message is [c-part, (P2: its share of r >> d), keys]: its
+# keys enter the view as a few columns of correction words (a level's seed and payload corrections, the
+# control-bit masks, the final correction).
+_KEY_COLUMNS = [0, 1, 2, 3, 252, 255, 256, 257, 258, 259]
+
+
+def _fss_views(secret: float, monkeypatch):
+    monkeypatch.setattr(runtime, "FSS_RELU_MAX_SIZE", N)
+    prot = mpc.ABY3()
+    received = {i: [] for i in range(3)}
+    try:
+        for party in prot.backend.parties:
+            inner_recv = party.channel.recv
+
+            def recv(frm, tag, timeout=None, _inner=inner_recv, _index=party.index):
+                array = np.asarray(_inner(frm, tag, timeout), dtype=np.uint64).reshape(-1)
+                if tag.endswith("/fss/d"):
+                    head = array.size - ops.dcf_key_words() * N
+                    keys = array[head:].reshape(N, ops.dcf_key_words())
+                    received[_index] += list(array[:head].reshape(-1, N)) + [keys[:, k] for k in _KEY_COLUMNS]
+                else:
+                    received[_index] += list(array.reshape(-1, N))
+                return array
+
+            party.channel.recv = recv
+        opened = {}
+        inner_eval = ops.dcf_eval_numpy
+
+        def evaluate(party, seed, cw, x, bits=64):
+            opened[party + 1] = np.array(x[:, 1])  # the evaluator's c
+            return inner_eval(party, seed, cw, x, bits)
+
+        monkeypatch.setattr(ops, "dcf_eval_numpy", evaluate)
+        x = prot.share(np.full(N, secret))
+        u = mpc.relu(x)
+        views = []
+        for index, party in enumerate(prot.backend.parties):
+            held = []
+            for tensor in (x, u):
+                share = party.store[tensor.id]
+                held += [np.asarray(share.a).reshape(-1), np.asarray(share.b).reshape(-1)]
+            views.append(held + received[index] + ([opened[index]] if index in opened else []))
+        assert not received[0] and len(opened) == 2, "P0 must receive nothing; P1 and P2 evaluate"
+        return views
+    finally:
+        prot.close()
+
+
+def test_fss_relu_views_are_independent_of_the_secret(monkeypatch):
+    assert_views_independent(_fss_views(3.7, monkeypatch), _fss_views(-3.7, monkeypatch))
+
+
+@pytest.mark.parametrize("label", ["fss/r", "fss/y"])
+def test_broken_fss_relu_is_detected(monkeypatch, label):
+    """Without P0's mask r the opened c is x itself; without the round-2 masks y0, y1 the evaluators' output
+    shares travel in the clear, and either evaluator adds them up to ReLU(x)."""
+    original = runtime.OpContext.prg
+
+    def unmasked(self, key, name, shape):
+        if name.rstrip("01").endswith(label):  # "fss/r"; "fss/y0" and "fss/y1"
+            return np.zeros(shape, np.uint64)
+        return original(self, key, name, shape)
+
+    monkeypatch.setattr(runtime.OpContext, "prg", unmasked)
+    assert_views_leak(_fss_views(3.7, monkeypatch), _fss_views(-3.7, monkeypatch))

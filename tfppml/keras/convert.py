@@ -134,6 +134,23 @@ def _is_output_layer(ctx: "ConversionContext", layer: Any) -> bool:
     )
 
 
+def _leaves_product_unshared(ctx: "ConversionContext", layer: Any) -> bool:
+    """Whether a linear layer's product skips its reshare round (reshare=False): the model's output layer (the
+    servers return their terms to the client as they are) and a layer whose output goes straight into a ReLU
+    (its own activation, or a ReLU layer next), which truncates and reshares the terms itself."""
+    if _is_output_layer(ctx, layer) or _activation_name(layer) == "relu":
+        return True
+    return _activation_name(layer) == "linear" and _feeds_relu(ctx.later_layers)
+
+
+def _feeds_relu(later: list[Any]) -> bool:
+    """Whether the first of the `later` layers is a ReLU (a layer, or an Activation("relu"))."""
+    following = later[0] if later else None
+    return isinstance(following, layers.ReLU) or (
+        isinstance(following, layers.Activation) and _activation_name(following) == "relu"
+    )
+
+
 def _is_softmax(layer: Any) -> bool:
     return isinstance(layer, layers.Softmax) or (
         isinstance(layer, layers.Activation) and _activation_name(layer) == "softmax"
@@ -200,12 +217,13 @@ def _linear_layer(ctx: ConversionContext, layer: Any, x: SharedTensor, kernel: n
             and following.padding.upper() == "VALID"
             and divides_by_truncation(int(np.prod(following.pool_size)))
         )
+        # When that pooling feeds a ReLU, the product is not even reshared: the ReLU truncates the pooled terms.
+        unshared = _feeds_relu(ctx.later_layers[1:]) if defer else _leaves_product_unshared(ctx, layer)
         y = mpc.conv2d(x, w, strides=layer.strides, padding=layer.padding.upper(), truncate=not defer,
-                       reshare=defer or not _is_output_layer(ctx, layer))
+                       reshare=not unshared)
     else:
-        # Dense acts on the last axis; leading axes are batch axes of the matmul.  The model's output layer
-        # skips the product's reshare round: the servers return their terms of it to the client as they are.
-        y = mpc.matmul(x, w, reshare=not _is_output_layer(ctx, layer))
+        # Dense acts on the last axis; leading axes are batch axes of the matmul.
+        y = mpc.matmul(x, w, reshare=not _leaves_product_unshared(ctx, layer))
     if bias is not None and np.ndim(bias) > 0:
         y = y + ctx.share_weight(np.broadcast_to(bias, kernel.shape[-1:]))
     return y

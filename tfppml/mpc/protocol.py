@@ -84,7 +84,7 @@ def _check_terms(x: SharedTensor, fn: str, arg: str, terms_ok: bool) -> SharedTe
     if x.terms and not terms_ok:
         raise ValueError(
             f"{fn}: argument `{arg}` holds a product's unshared terms (reshare=False): it can only be added to, "
-            "reshaped and returned as a program's output"
+            "reshaped, passed to relu and returned as a program's output"
         )
     return x
 
@@ -374,8 +374,8 @@ class ABY3:
         if not reshare:
             if not self._recording:
                 raise ValueError(
-                    f"{fn}: reshare=False is for the last layer of a program (see ABY3.program): its unshared "
-                    "terms can only be added to, reshaped and returned to the querying client"
+                    f"{fn}: reshare=False is only for programs (see ABY3.program): its unshared terms can only "
+                    "be added to, reshaped, passed to relu and returned to the querying client"
                 )
             args = {"x": x.id, "y": y.id, "trunc": 0, "terms": True, **(extra or {})}
             return self._result(op, args, shape, total, terms=True)
@@ -392,10 +392,10 @@ class ABY3:
     def matmul(self, x: Operand, y: Operand, *, reshare: bool = True) -> SharedTensor:
         """Matrix product [..., m, k] @ [..., k, n] (batch dimensions broadcast).
 
-        reshare=False (only while recording a program, for its last layer) skips the product's one message: each
-        server keeps its term of an additive sharing of the untruncated product (at the operands' summed
-        fractional bits), re-randomised by a zero-sharing, and a query returns the terms to the client as they
-        are.  Such a result can only be added to (e.g. a bias), reshaped and returned."""
+        reshare=False (only while recording a program) skips the product's one message: each server keeps its
+        term of an additive sharing of the untruncated product (at the operands' summed fractional bits),
+        re-randomised by a zero-sharing.  Such a result can only be added to (e.g. a bias), reshaped, passed to
+        `relu` (which truncates it) and returned: a query returns the terms to the client as they are."""
         fn = "ABY3.matmul"
         xs, ys = self._operand(x, fn, "x"), self._operand(y, fn, "y")
         if xs.ndim < 2 or ys.ndim < 2:
@@ -531,9 +531,16 @@ class ABY3:
         return self._result("nonnegative", {"x": x.id}, x.shape, 0)
 
     def relu(self, x: SharedTensor) -> SharedTensor:
-        """Exact ReLU, max(x, 0), through secure comparison."""
-        x = self._check_own(x, "tfppml.mpc.relu", "x")
-        return self._result("relu", {"x": x.id}, x.shape, x.frac_bits)
+        """Exact ReLU, max(x, 0), through secure comparison.
+
+        An input with more fractional bits than the protocol's (an untruncated product, or a program's
+        product left unshared with reshare=False) is brought down to them in the same step: for small tensors
+        the ReLU's own opening does the truncation, which saves the product's round.
+        """
+        x = self._check_own(x, "tfppml.mpc.relu", "x", terms_ok=True)
+        extra = max(x.frac_bits - self.frac_bits, 0)
+        args = {"x": x.id, "trunc": extra} if extra else {"x": x.id}
+        return self._result("relu", args, x.shape, x.frac_bits - extra)
 
     def _pool_args(self, fn: str, x: SharedTensor, pool_size: Any, strides: Any, padding: str) -> tuple:
         if x.ndim != 4:
@@ -553,13 +560,25 @@ class ABY3:
 
         A window of 2**k elements divides by truncating k more bits (one truncation round, no product); other
         windows multiply by the public 1 / window size.  An input with more fractional bits than the protocol's
-        (an untruncated product) is brought down to them in the same truncation.
+        (an untruncated product) is brought down to them in the same truncation.  A program's unshared product
+        (reshare=False) is averaged without a truncation, at log2(window) more fractional bits: only `relu` and
+        what else takes unshared terms can follow.
         """
         fn = "tfppml.mpc.avg_pool2d"
-        x = self._check_own(x, fn, "x")
+        x = self._check_own(x, fn, "x", terms_ok=True)
         pool, stride, shape = self._pool_args(fn, x, pool_size, strides, padding)
-        summed = self._result("window_sum", {"x": x.id, "pool": pool, "strides": stride}, shape, x.frac_bits)
         area = pool[0] * pool[1]
+        if x.terms:
+            # A program's unshared product (see `matmul`): the window sum of 2**k terms is the average at k more
+            # fractional bits, left for the ReLU that follows to truncate.
+            if not divides_by_truncation(area):
+                raise ValueError(
+                    f"{fn}: argument `x` holds a product's unshared terms; only windows of a power-of-two size "
+                    f"can average them (by truncation), got {pool}"
+                )
+            return self._result("window_sum", {"x": x.id, "pool": pool, "strides": stride}, shape,
+                                x.frac_bits + area.bit_length() - 1, terms=True)
+        summed = self._result("window_sum", {"x": x.id, "pool": pool, "strides": stride}, shape, x.frac_bits)
         extra = max(x.frac_bits - self.frac_bits, 0)
         if divides_by_truncation(area):
             bits = extra + area.bit_length() - 1

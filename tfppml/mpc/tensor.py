@@ -21,7 +21,8 @@ class SharedTensor:
         shape: the static shape.
         frac_bits: fractional bits of the fixed-point value (0 for shared integers such as comparison bits).
         terms: True for a product left unshared in a program (`matmul(..., reshare=False)`): each server holds one
-            term of an additive sharing, so it can only be added to, reshaped and returned as the output.
+            term of an additive sharing, so it can only be added to, reshaped, passed to relu and returned as the
+            output.
     """
 
     __array_priority__ = 1000  # so that `ndarray + shared` defers to SharedTensor.__radd__
