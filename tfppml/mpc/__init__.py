@@ -38,12 +38,13 @@ def _protocol(x: Any, fn: str) -> ABY3:
 
 
 def relu(x: SharedTensor) -> SharedTensor:
-    """Exact ReLU of a shared tensor (secure comparison by MSB extraction)."""
+    """Exact ReLU of a shared tensor by secure comparison (see `ABY3.relu`): function secret sharing for small
+    tensors, MSB extraction by a binary adder for large ones."""
     return _protocol(x, "relu").relu(x)
 
 
 def matmul(x: SharedTensor, y: Any, *, reshare: bool = True) -> SharedTensor:
-    """Matrix product, as `x @ y`; reshare=False for a program's last layer (see `ABY3.matmul`)."""
+    """Matrix product, as `x @ y`; reshare=False leaves a program's product unshared (see `ABY3.matmul`)."""
     return _protocol(x, "matmul").matmul(x, y, reshare=reshare)
 
 

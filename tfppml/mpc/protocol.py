@@ -531,7 +531,9 @@ class ABY3:
         return self._result("nonnegative", {"x": x.id}, x.shape, 0)
 
     def relu(self, x: SharedTensor) -> SharedTensor:
-        """Exact ReLU, max(x, 0), through secure comparison.
+        """Exact ReLU, max(x, 0), through secure comparison: tensors of up to runtime.FSS_RELU_MAX_SIZE
+        elements by function secret sharing (server0 deals comparison keys; 2 rounds), larger ones by MSB
+        extraction with a binary adder (10 rounds, far fewer bytes).
 
         An input with more fractional bits than the protocol's (an untruncated product, or a program's
         product left unshared with reshare=False) is brought down to them in the same step: for small tensors
