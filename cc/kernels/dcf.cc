@@ -345,11 +345,7 @@ void Aes128Encrypt(const uint8_t key[16], const uint64_t* in, int64_t n, uint64_
   }
 }
 
-}  // namespace tfppml
-
-namespace {
-
-bool InDomain(int bits, const uint64_t* values, int64_t n) {
+bool DcfInDomain(int bits, const uint64_t* values, int64_t n) {
   if (bits == 64) return true;
   for (int64_t i = 0; i < n; ++i) {
     if (values[i] >> bits != 0) return false;
@@ -357,7 +353,7 @@ bool InDomain(int bits, const uint64_t* values, int64_t n) {
   return true;
 }
 
-}  // namespace
+}  // namespace tfppml
 
 // ctypes entries for tfppml.ops.dcf (single threaded; the TF kernels in dcf_kernels.cc shard across cores).
 // Each returns 0, or -1 on a bad argument (nothing written): bits outside [1, 64], a party other than 0 and 1,
@@ -365,7 +361,7 @@ bool InDomain(int bits, const uint64_t* values, int64_t n) {
 extern "C" __attribute__((visibility("default"))) int tfppml_dcf_gen(int bits, int64_t n, const uint64_t* alpha,
                                                                     const uint64_t* beta, const uint64_t* seed0,
                                                                     const uint64_t* seed1, uint64_t* cw) {
-  if (bits < 1 || bits > 64 || n < 0 || !InDomain(bits, alpha, n)) return -1;
+  if (bits < 1 || bits > 64 || n < 0 || !tfppml::DcfInDomain(bits, alpha, n)) return -1;
   tfppml::DcfGen(bits, 0, n, alpha, beta, seed0, seed1, cw);
   return 0;
 }
@@ -374,9 +370,8 @@ extern "C" __attribute__((visibility("default"))) int tfppml_dcf_eval(int bits, 
                                                                      int64_t points, const uint64_t* seed,
                                                                      const uint64_t* cw, const uint64_t* x,
                                                                      uint64_t* out) {
-  if (bits < 1 || bits > 64 || (party != 0 && party != 1) || n < 0 || points < 1 || !InDomain(bits, x, n * points)) {
-    return -1;
-  }
+  if (bits < 1 || bits > 64 || (party != 0 && party != 1) || n < 0 || points < 1) return -1;
+  if (!tfppml::DcfInDomain(bits, x, n * points)) return -1;
   tfppml::DcfEval(bits, party, points, 0, n, seed, cw, x, out);
   return 0;
 }

@@ -47,6 +47,9 @@ void DcfGen(int bits, int64_t begin, int64_t end, const uint64_t* alpha, const u
 void DcfEval(int bits, int party, int64_t points, int64_t begin, int64_t end, const uint64_t* seed,
              const uint64_t* cw, const uint64_t* x, uint64_t* out);
 
+// Whether all n values fit in `bits` bits (the domain of a `bits`-bit DCF).
+bool DcfInDomain(int bits, const uint64_t* values, int64_t n);
+
 // AES-128 encryption of n 16-byte blocks under `key` (FIPS-197), on the same path the DCF uses; for tests.
 void Aes128Encrypt(const uint8_t key[16], const uint64_t* in, int64_t n, uint64_t* out);
 

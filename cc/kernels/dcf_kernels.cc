@@ -19,15 +19,7 @@ using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 using ::tensorflow::errors::InvalidArgument;
 
-// Every value of `t` fits in `bits` bits.
-bool FitsBits(const Tensor& t, int bits) {
-  if (bits == 64) return true;
-  const auto flat = t.flat<uint64_t>();
-  for (int64_t i = 0; i < flat.size(); ++i) {
-    if (flat(i) >> bits != 0) return false;
-  }
-  return true;
-}
+bool FitsBits(const Tensor& t, int bits) { return DcfInDomain(bits, t.flat<uint64_t>().data(), t.NumElements()); }
 
 bool IsPairs(const Tensor& t, int64_t n) { return t.dims() == 2 && t.dim_size(0) == n && t.dim_size(1) == 2; }
 
