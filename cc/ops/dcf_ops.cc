@@ -4,8 +4,8 @@
 
 namespace tfppml {
 
-using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
 
 REGISTER_OP("TfppmlDcfGen")
     .Input("alpha: uint64")
@@ -17,7 +17,10 @@ REGISTER_OP("TfppmlDcfGen")
     .SetShapeFn([](InferenceContext* c) {
       int bits;
       TF_RETURN_IF_ERROR(c->GetAttr("bits", &bits));
-      c->set_output(0, c->Matrix(c->Dim(c->input(0), 0), 4 * static_cast<int64_t>(bits) + 4));
+      ShapeHandle alpha, pairs;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &alpha));
+      for (int i = 1; i < 4; ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 2, &pairs));
+      c->set_output(0, c->Matrix(c->Dim(alpha, 0), 4 * static_cast<int64_t>(bits) + 4));
       return ::tensorflow::OkStatus();
     })
     .Doc(
@@ -33,7 +36,11 @@ REGISTER_OP("TfppmlDcfEval")
     .Attr("party: int")
     .Attr("bits: int = 64")
     .SetShapeFn([](InferenceContext* c) {
-      c->set_output(0, c->MakeShape({c->Dim(c->input(2), 0), c->Dim(c->input(2), 1), 2}));
+      ShapeHandle x, matrix;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &matrix));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &matrix));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &x));
+      c->set_output(0, c->MakeShape({c->Dim(x, 0), c->Dim(x, 1), 2}));
       return ::tensorflow::OkStatus();
     })
     .Doc(

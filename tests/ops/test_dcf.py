@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfppml.ops import dcf
 
@@ -74,6 +75,16 @@ def test_tf_ops_equal_the_numpy_entries():
     x = np.stack([alpha, RNG.integers(0, 2**64, 257, dtype=np.uint64)], 1)
     for party in (0, 1):
         assert np.array_equal(dcf.dcf_eval(party, seeds[party], cw, x).numpy(), dcf.dcf_eval_numpy(party, seeds[party], cw, x))
+
+
+def test_tf_ops_refuse_wrong_ranks_in_graphs():
+    # The shape functions check ranks before reading dimensions (a scalar once read past the shape's end).
+    pairs = np.zeros((1, 2), np.uint64)
+    gen = tf.function(lambda alpha: dcf.dcf_gen(alpha, pairs, pairs, pairs))
+    evaluate = tf.function(lambda x: dcf.dcf_eval(0, pairs, np.zeros((1, 260), np.uint64), x))
+    for call, arg in ((gen, np.uint64(5)), (evaluate, np.uint64(0)), (evaluate, np.zeros(3, np.uint64))):
+        with pytest.raises(ValueError, match="rank"):
+            call(arg)
 
 
 def test_empty_batch():

@@ -216,7 +216,8 @@ class OpContext:
         return share
 
     def get_additive(self, share_id: Any) -> Share:
-        """`get` for operations that also take a product's unshared terms (kind "terms"): add, reshape, output."""
+        """`get` for operations that also take a product's unshared terms (kind "terms"): add, reshape, window
+        sums, relu and a program's output."""
         share = self.get(share_id, kind=None)
         if share.kind not in ("arith", "terms"):
             raise ProtocolError(f"shared tensor {share_id!r} is a {share.kind} sharing, expected arith")
@@ -533,7 +534,10 @@ class OpContext:
         extra = 1 if i == 2 else 0
         words = ops.dcf_key_words()
         if other.shape != (n,) or dealt.shape != ((1 + extra + words) * n,):
-            raise ProtocolError(f"ReLU messages of {label!r} have shapes {other.shape} and {dealt.shape}, expected ({n},) and ({(1 + extra + words) * n},)")
+            raise ProtocolError(
+                f"ReLU {self.op_id}/{label}: messages from parties {peer} and 0 have shapes {other.shape} and "
+                f"{dealt.shape}, expected ({n},) and ({(1 + extra + words) * n},)"
+            )
         opened = dealt[:n]
         high = dealt[n:2 * n] if i == 2 else self.prg(1, f"{label}/rh", [n])
         cw = dealt[(1 + extra) * n:].reshape(n, words)
@@ -550,7 +554,12 @@ class OpContext:
         mask = self.prg(1, f"{label}/y1", shape) if i == 1 else self.prg(0, f"{label}/y0", shape)
         part = rsub(share.reshape(shape), mask)
         self.send(peer, f"{label}/y{i}", part)
-        y2 = radd(part, self.recv(peer, f"{label}/y{peer}"))
+        theirs = self.recv(peer, f"{label}/y{peer}")
+        if theirs.shape != part.shape:
+            raise ProtocolError(
+                f"ReLU {self.op_id}/{label}: the share from party {peer} has shape {theirs.shape}, expected {part.shape}"
+            )
+        y2 = radd(part, theirs)
         return (mask, y2) if i == 1 else (y2, mask)
 
     def nonnegative(self, x: Pair, label: str) -> Pair:
@@ -878,6 +887,8 @@ def _relu(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     (and the reshare it needs) then happens inside the ReLU, which for small tensors saves the round."""
     x = ctx.get_additive(args.get("x"))
     trunc = _int_arg(args, "trunc", 0, 62) if "trunc" in args else 0
+    # The path depends on the public size only (and this constant, which must be the same on all three servers:
+    # they run the same code), so the servers always agree on it.
     if math.prod(x.shape) <= FSS_RELU_MAX_SIZE:
         # The first components of the pairs are terms of a 3-out-of-3 sharing, as a product's terms are.
         return ctx.put(args.get("out"), Share(*ctx.relu_fss(x.a, "fss", trunc))), {}

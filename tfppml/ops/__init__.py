@@ -6,7 +6,7 @@ a negative fixed-point number is stored in two's complement.
 """
 
 from tfppml.ops.bit_planes import bit_planes, bit_planes_numpy, plane_bits_numpy
-from tfppml.ops.dcf import dcf_eval, dcf_eval_numpy, dcf_gen, dcf_gen_numpy, dcf_key_words
+from tfppml.ops.dcf import dcf_eval, dcf_eval_numpy, dcf_gen, dcf_gen_numpy, dcf_key_words, dcf_uses_aes_ni
 from tfppml.ops.fixed_point import fixed_point_decode, fixed_point_encode
 from tfppml.ops.gaussian_noise import add_gaussian_noise, gaussian_noise
 from tfppml.ops.prg import prg_uniform, prg_uniform_numpy
@@ -22,6 +22,7 @@ __all__ = [
     "dcf_gen",
     "dcf_gen_numpy",
     "dcf_key_words",
+    "dcf_uses_aes_ni",
     "fixed_point_decode",
     "fixed_point_encode",
     "gaussian_noise",
