@@ -66,8 +66,11 @@ def test_relu_of_products_composes(prot, rng):
 
 
 @pytest.mark.parametrize("pool,strides", [(2, None), (3, 1), ((2, 3), (1, 2))])
-def test_max_pool_matches_tf(prot, rng, pool, strides):
-    x = rng.normal(size=(2, 7, 8, 3)) * 4
+@pytest.mark.parametrize("shape", [(2, 7, 8, 3), (2, 24, 24, 8)])
+def test_max_pool_matches_tf(prot, rng, pool, strides, shape):
+    # The small input's comparisons run on the FSS ReLU (max(l, r) = r + ReLU(l - r)), the large one's on the
+    # binary adder.
+    x = rng.normal(size=shape) * 4
     expected = tf.nn.max_pool2d(x, pool, strides if strides is not None else pool, "VALID").numpy()
     result = prot.reveal(mpc.max_pool2d(prot.share(x), pool, strides))
     np.testing.assert_allclose(result, expected, atol=RES)

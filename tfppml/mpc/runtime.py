@@ -935,10 +935,14 @@ def _tree_max(ctx: OpContext, x: Pair, axis: int, label: str, index: Pair | None
 
         left, right, rest = split(x)
         d = sub(left, right)
-        bit = ctx.nonnegative(d, f"{label}/l{level}/ge")
-        if index is None:
+        if index is None and math.prod(np.shape(d[0])) <= FSS_RELU_MAX_SIZE:
+            # max(l, r) = r + ReLU(l - r): the function-secret-sharing ReLU, 2 rounds instead of 11.
+            x = add(right, ctx.relu_fss(d[0], f"{label}/l{level}/fss", 0))
+        elif index is None:
+            bit = ctx.nonnegative(d, f"{label}/l{level}/ge")
             x = add(right, ctx.multiply(bit, d, f"{label}/l{level}/sel", 0))
         else:
+            bit = ctx.nonnegative(d, f"{label}/l{level}/ge")
             ileft, iright, irest = split(index)
             di = sub(ileft, iright)
             stacked_bit = (np.stack([bit[0], bit[0]]), np.stack([bit[1], bit[1]]))
