@@ -242,7 +242,7 @@ def test_broken_bit_injection_without_masks_is_detected(monkeypatch):
     assert np.all((d == u) | (d == runtime.rneg(u)))
 
 
-# --- The function-secret-sharing ReLU (tensors of up to runtime.FSS_RELU_MAX_SIZE elements) ------------------
+# --- The function-secret-sharing ReLU (tensors of up to runtime.FSS_RELU_MAX_SIZE elements) -----------------
 # P0 deals DCF keys and receives nothing; P1 and P2 see the opened c = x + r, one key, the other evaluator's
 # masked term and masked output share.  The dealer's message is [c-part, (P2: its share of r >> d), keys]: its
 # keys enter the view as a few columns of correction words (a level's seed and payload corrections, the

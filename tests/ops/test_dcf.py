@@ -63,7 +63,8 @@ def test_64_bit_thresholds_at_and_around_the_point():
     beta, seeds, cw = _keys(alpha)
     one = np.uint64(1)
     with np.errstate(over="ignore"):
-        x = np.stack([alpha, alpha - one, alpha + one, alpha ^ np.uint64(1 << 40), RNG.integers(0, 2**64, n, dtype=np.uint64)], 1)
+        random = RNG.integers(0, 2**64, n, dtype=np.uint64)
+        x = np.stack([alpha, alpha - one, alpha + one, alpha ^ np.uint64(1 << 40), random], 1)
     x[:, 4][:4] = [2**64 - 1, 0, 2**63 - 1, 2**64 - 2]
     assert np.array_equal(_combined(seeds, cw, x), _expected(alpha, beta, x))
 
@@ -74,7 +75,8 @@ def test_tf_ops_equal_the_numpy_entries():
     assert np.array_equal(dcf.dcf_gen(alpha, beta, *seeds).numpy(), cw)
     x = np.stack([alpha, RNG.integers(0, 2**64, 257, dtype=np.uint64)], 1)
     for party in (0, 1):
-        assert np.array_equal(dcf.dcf_eval(party, seeds[party], cw, x).numpy(), dcf.dcf_eval_numpy(party, seeds[party], cw, x))
+        kernel = dcf.dcf_eval(party, seeds[party], cw, x).numpy()
+        assert np.array_equal(kernel, dcf.dcf_eval_numpy(party, seeds[party], cw, x))
 
 
 def test_tf_ops_refuse_wrong_ranks_in_graphs():
@@ -107,7 +109,8 @@ def test_one_key_does_not_show_the_threshold():
     cw = dcf.dcf_gen_numpy(alpha, beta, *seeds)
     share = dcf.dcf_eval_numpy(0, seeds[0], cw, x)[:, 0, 0]
     secret = (alpha >> np.uint64(63)).astype(bool)
-    assert np.array_equal(share + dcf.dcf_eval_numpy(1, seeds[1], cw, x)[:, 0, 0], (x[:, 0] < alpha).astype(np.uint64))
+    other = dcf.dcf_eval_numpy(1, seeds[1], cw, x)[:, 0, 0]
+    assert np.array_equal(share + other, (x[:, 0] < alpha).astype(np.uint64))
     columns = {"share bit 0": share & np.uint64(1), "share bit 63": share >> np.uint64(63)}
     for word, name in [(0, "seed cw"), (2, "payload cw"), (256, "left t cw"), (257, "right t cw"), (258, "final cw")]:
         columns[name] = cw[:, word] & np.uint64(1)
@@ -144,19 +147,32 @@ def test_aes_ni_and_portable_paths_agree():
     assert results["scalar"][1:] == results["avx2"][1:]
 
 
+def _zeros(*shape, dtype=np.uint64):
+    return np.zeros(shape, dtype)
+
+
+def _gen(alpha, beta=None, bits=64, fn=dcf.dcf_gen_numpy):
+    n = len(alpha)
+    return fn(alpha, _zeros(n, 2) if beta is None else beta, _zeros(n, 2), _zeros(n, 2), bits=bits)
+
+
+def _eval(x, cw_words=260, party=0, bits=64, fn=dcf.dcf_eval_numpy):
+    return fn(party, _zeros(1, 2), _zeros(1, cw_words), x, bits=bits)
+
+
 @pytest.mark.parametrize(
     "call, error, words",
     [
-        (lambda: dcf.dcf_gen_numpy(np.zeros(2, np.uint64), np.zeros((2, 2), np.uint64), np.zeros((2, 2), np.uint64), np.zeros((2, 2), np.uint64), bits=0), ValueError, "`bits`"),
-        (lambda: dcf.dcf_gen_numpy(np.array([16], np.uint64), np.zeros((1, 2), np.uint64), np.zeros((1, 2), np.uint64), np.zeros((1, 2), np.uint64), bits=4), ValueError, "`alpha` holds 16"),
-        (lambda: dcf.dcf_gen_numpy(np.zeros(2, np.int64), np.zeros((2, 2), np.uint64), np.zeros((2, 2), np.uint64), np.zeros((2, 2), np.uint64)), TypeError, "`alpha`"),
-        (lambda: dcf.dcf_gen_numpy(np.zeros(2, np.uint64), np.zeros((3, 2), np.uint64), np.zeros((2, 2), np.uint64), np.zeros((2, 2), np.uint64)), ValueError, "`beta` must have shape (2, 2)"),
-        (lambda: dcf.dcf_eval_numpy(2, np.zeros((1, 2), np.uint64), np.zeros((1, 260), np.uint64), np.zeros((1, 1), np.uint64)), ValueError, "`party`"),
-        (lambda: dcf.dcf_eval_numpy(0, np.zeros((1, 2), np.uint64), np.zeros((1, 259), np.uint64), np.zeros((1, 1), np.uint64)), ValueError, "`cw` must have shape (1, 260)"),
-        (lambda: dcf.dcf_eval_numpy(0, np.zeros((1, 2), np.uint64), np.zeros((1, 20), np.uint64), np.full((1, 1), 17, np.uint64), bits=4), ValueError, "`x` holds 17"),
-        (lambda: dcf.dcf_eval_numpy(0, np.zeros((1, 2), np.uint64), np.zeros((1, 260), np.uint64), np.zeros(1, np.uint64)), ValueError, "`x` must have shape"),
-        (lambda: dcf.dcf_eval(0, np.zeros((1, 2), np.uint64), np.zeros((1, 259), np.uint64), np.zeros((1, 1), np.uint64)), ValueError, "`cw` must have shape [1, 260]"),
-        (lambda: dcf.dcf_gen(np.array([16], np.uint64), np.zeros((1, 2), np.uint64), np.zeros((1, 2), np.uint64), np.zeros((1, 2), np.uint64), bits=4), ValueError, "`alpha` has values of more than 4 bits"),
+        (lambda: _gen(_zeros(2), bits=0), ValueError, "`bits`"),
+        (lambda: _gen(np.array([16], np.uint64), bits=4), ValueError, "`alpha` holds 16"),
+        (lambda: _gen(_zeros(2, dtype=np.int64)), TypeError, "`alpha`"),
+        (lambda: _gen(_zeros(2), beta=_zeros(3, 2)), ValueError, "`beta` must have shape (2, 2)"),
+        (lambda: _eval(_zeros(1, 1), party=2), ValueError, "`party`"),
+        (lambda: _eval(_zeros(1, 1), cw_words=259), ValueError, "`cw` must have shape (1, 260)"),
+        (lambda: _eval(np.full((1, 1), 17, np.uint64), cw_words=20, bits=4), ValueError, "`x` holds 17"),
+        (lambda: _eval(_zeros(1)), ValueError, "`x` must have shape"),
+        (lambda: _eval(_zeros(1, 1), cw_words=259, fn=dcf.dcf_eval), ValueError, "`cw` must have shape [1, 260]"),
+        (lambda: _gen(np.array([16], np.uint64), bits=4, fn=dcf.dcf_gen), ValueError, "`alpha` has values of more than 4 bits"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(call, error, words):
