@@ -74,8 +74,9 @@ def test_private_logits_match_keras(inprocess, kind):
     "model_name, convs, truncations, relus",
     [
         # The first conv feeds 2x2 average pooling and then a ReLU: its product stays unshared, the pooling sums
-        # terms, and the ReLU truncates 16 + 2 bits at once; the second conv has a ReLU of its own.
-        ("cnn", [(0, True), (0, True)], [], [18, 16]),
+        # terms, and the ReLU truncates 16 + 2 bits at once; the second conv's own ReLU moves past the max
+        # pooling after it (max and ReLU commute), so that conv is truncated as usual.
+        ("cnn", [(0, True), (16, False)], [], [18, 0]),
         # Conv + folded BatchNormalization before 2x2 pooling and a ReLU: the same; the second conv feeds 3x3
         # pooling (a product by 1/9): truncated as usual.
         ("cnn_bn_pools", [(0, True), (16, False)], [], [18]),
@@ -147,6 +148,32 @@ def test_a_product_feeding_a_relu_is_truncated_by_the_relu(inprocess, layers, fu
     client = Client().connect_to_model(model.input_shape, model.output_shape, inprocess, model_name=name)
     x = np.random.default_rng(2).normal(size=(3, 4))
     np.testing.assert_allclose(client.query_model(x), model(x, training=False).numpy(), atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        [L.Conv2D(3, 3, activation="relu", input_shape=(9, 9, 2)), L.MaxPooling2D(2), L.Flatten(), L.Dense(2)],
+        [L.Conv2D(3, 3, input_shape=(9, 9, 2)), L.ReLU(), L.MaxPooling2D(2), L.Flatten(), L.Dense(2)],
+        [L.Conv2D(3, 3, input_shape=(9, 9, 2)), L.Activation("relu"), L.MaxPooling2D(3, strides=2), L.Flatten(),
+         L.Dense(2)],
+    ],
+)
+def test_a_relu_before_max_pooling_moves_after_it(inprocess, layers):
+    # relu(max(a, b)) = max(relu(a), relu(b)): the ReLU runs on the pooled tensor, the convolution is truncated.
+    tf.keras.utils.set_random_seed(3)
+    model = tf.keras.Sequential(layers)
+    name = f"m_relu_pool_{layers[1].name}"
+    model.share(inprocess, name=name, identity="driver")
+    steps = inprocess.backend.parties[0].programs[name].steps
+    ops = [step["op"] for step in steps]
+    assert ops.index("max_pool2d") < ops.index("relu")
+    conv = next(step["args"] for step in steps if step["op"] == "conv2d")
+    assert (conv["trunc"], conv.get("terms", False)) == (16, False)
+    model.serve(1, block=False)
+    client = Client().connect_to_model(model.input_shape, model.output_shape, inprocess, model_name=name)
+    x = np.random.default_rng(3).normal(size=(2, 9, 9, 2))
+    np.testing.assert_allclose(client.query_model(x), model(x).numpy(), atol=2e-3)
 
 
 @pytest.mark.parametrize(
