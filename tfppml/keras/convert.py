@@ -9,6 +9,11 @@ Supported: InputLayer, Dense, Conv2D, AveragePooling2D, MaxPooling2D, Activation
 Dense or Conv2D when that layer has a linear activation, otherwise applied as a shared affine map).  A final
 softmax is dropped with a warning (the argmax is unchanged); anything else is refused, naming the layer,
 before anything is shared.
+
+Rewrites that keep the function and save rounds or work: a product that feeds a ReLU (directly, or through 2x2
+average pooling) is left unshared and truncated by the ReLU; a ReLU right before max pooling runs after it;
+a convolution before power-of-two average pooling is truncated once, after the pooling; the output layer's
+product goes to the client unshared.
 """
 
 from __future__ import annotations
