@@ -426,7 +426,7 @@ class ABY3:
         truncate=False leaves the result at the sum of the operands' fractional bits (no interaction beyond the
         product's one message): for a following step that truncates anyway, e.g. `avg_pool2d`, which then
         truncates the smaller pooled tensor once instead of the convolution's output.  reshare=False: as for
-        `matmul` (a program's last layer).
+        `matmul` (only in programs: the result is unshared terms).
         """
         fn = "tfppml.mpc.conv2d"
         xs, ws = self._operand(x, fn, "x"), self._operand(filters, fn, "filters")
@@ -570,17 +570,17 @@ class ABY3:
         x = self._check_own(x, fn, "x", terms_ok=True)
         pool, stride, shape = self._pool_args(fn, x, pool_size, strides, padding)
         area = pool[0] * pool[1]
+        if x.terms and not divides_by_truncation(area):
+            raise ValueError(
+                f"{fn}: argument `x` holds a product's unshared terms; only windows of a power-of-two size "
+                f"can average them (by truncation), got {pool}"
+            )
+        # A program's unshared product (see `matmul`): the window sum of 2**k terms is the average at k more
+        # fractional bits, left for the ReLU that follows to truncate.
+        frac = x.frac_bits + (area.bit_length() - 1 if x.terms else 0)
+        summed = self._result("window_sum", {"x": x.id, "pool": pool, "strides": stride}, shape, frac, terms=x.terms)
         if x.terms:
-            # A program's unshared product (see `matmul`): the window sum of 2**k terms is the average at k more
-            # fractional bits, left for the ReLU that follows to truncate.
-            if not divides_by_truncation(area):
-                raise ValueError(
-                    f"{fn}: argument `x` holds a product's unshared terms; only windows of a power-of-two size "
-                    f"can average them (by truncation), got {pool}"
-                )
-            return self._result("window_sum", {"x": x.id, "pool": pool, "strides": stride}, shape,
-                                x.frac_bits + area.bit_length() - 1, terms=True)
-        summed = self._result("window_sum", {"x": x.id, "pool": pool, "strides": stride}, shape, x.frac_bits)
+            return summed
         extra = max(x.frac_bits - self.frac_bits, 0)
         if divides_by_truncation(area):
             bits = extra + area.bit_length() - 1

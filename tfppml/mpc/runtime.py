@@ -562,17 +562,29 @@ class OpContext:
         y2 = radd(part, theirs)
         return (mask, y2) if i == 1 else (y2, mask)
 
+    def relu(self, x: Pair, label: str, trunc_bits: int = 0, *, terms: bool = False) -> Pair:
+        """Shares of max(x, 0) >> trunc_bits for a pair sharing x, or (terms=True) this party's unshared term
+        x[0] of a product.
+
+        Tensors of up to FSS_RELU_MAX_SIZE elements take `relu_fss` (2 rounds); larger ones the binary adder:
+        terms or a truncation are reshared (and truncated) first, then x * [x >= 0] = x * (1 ^ msb), the
+        XOR-shared bit going straight into the product (`bit_times`, 2 rounds).  The path depends on the public
+        size only (and the constant, the same on all three servers: they run the same code).
+        """
+        shape = list(np.shape(x[0]))
+        if math.prod(shape) <= FSS_RELU_MAX_SIZE:
+            # The first components of the pairs are terms of a 3-out-of-3 sharing, as a product's terms are.
+            return self.relu_fss(x[0], f"{label}/fss", trunc_bits)
+        if terms or trunc_bits:
+            x = self.reshare(radd(x[0], self.zero_share(f"{label}/alpha", shape)), f"{label}/trunc", trunc_bits)
+        nonneg = _flip_bit(self.i, self.msb(x, f"{label}/ge/msb"))
+        return self.bit_times(nonneg, x, f"{label}/sel")
+
     def nonnegative(self, x: Pair, label: str) -> Pair:
         """Additive shares of [x >= 0] (as the integer 0 or 1) for additively shared x."""
         b = self.bit_to_arith(self.msb(x, f"{label}/msb"), f"{label}/b2a")
         # 1 - b: the public 1 enters as the term of index 0 (held by parties 0 and 2).
         return _one_minus(self.i, b)
-
-    def maximum(self, x: Pair, y: Pair, label: str) -> Pair:
-        """Shares of max(x, y) elementwise: y + [x - y >= 0] * (x - y)."""
-        d = sub(x, y)
-        bit = self.nonnegative(d, f"{label}/ge")
-        return add(y, self.multiply(bit, d, f"{label}/sel", 0))
 
 
 #: The missing second component of a "terms" share.
@@ -887,18 +899,7 @@ def _relu(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     (and the reshare it needs) then happens inside the ReLU, which for small tensors saves the round."""
     x = ctx.get_additive(args.get("x"))
     trunc = _int_arg(args, "trunc", 0, 62) if "trunc" in args else 0
-    # The path depends on the public size only (and this constant, which must be the same on all three servers:
-    # they run the same code), so the servers always agree on it.
-    if math.prod(x.shape) <= FSS_RELU_MAX_SIZE:
-        # The first components of the pairs are terms of a 3-out-of-3 sharing, as a product's terms are.
-        return ctx.put(args.get("out"), Share(*ctx.relu_fss(x.a, "fss", trunc))), {}
-    if x.kind == "terms" or trunc:
-        pair = ctx.reshare(radd(x.a, ctx.zero_share("alpha", x.shape)), "trunc", trunc)
-    else:
-        pair = _pair(x)
-    # x * [x >= 0] = x * (1 ^ msb): the XOR-shared bit goes straight into the product (bit_times, 2 rounds).
-    nonneg = _flip_bit(ctx.i, ctx.msb(pair, "ge/msb"))
-    return ctx.put(args.get("out"), Share(*ctx.bit_times(nonneg, pair, "sel"))), {}
+    return ctx.put(args.get("out"), Share(*ctx.relu(_pair(x), "relu", trunc, terms=x.kind == "terms"))), {}
 
 
 def _windows(x: np.ndarray, pool: list[int], strides: list[int]) -> np.ndarray:
@@ -935,12 +936,9 @@ def _tree_max(ctx: OpContext, x: Pair, axis: int, label: str, index: Pair | None
 
         left, right, rest = split(x)
         d = sub(left, right)
-        if index is None and math.prod(np.shape(d[0])) <= FSS_RELU_MAX_SIZE:
-            # max(l, r) = r + ReLU(l - r): the function-secret-sharing ReLU, 2 rounds instead of 11.
-            x = add(right, ctx.relu_fss(d[0], f"{label}/l{level}/fss", 0))
-        elif index is None:
-            bit = ctx.nonnegative(d, f"{label}/l{level}/ge")
-            x = add(right, ctx.multiply(bit, d, f"{label}/l{level}/sel", 0))
+        if index is None:
+            # max(l, r) = r + ReLU(l - r).
+            x = add(right, ctx.relu(d, f"{label}/l{level}"))
         else:
             bit = ctx.nonnegative(d, f"{label}/l{level}/ge")
             ileft, iright, irest = split(index)
