@@ -44,6 +44,12 @@ def _check_bits(bits: Any, fn: str) -> int:
     return int(bits)
 
 
+def _check_party(party: Any, fn: str) -> int:
+    if isinstance(party, bool) or party not in (0, 1):
+        raise ValueError(f"{fn}: argument `party` must be 0 or 1, got {party!r}")
+    return int(party)
+
+
 def _check_domain(values: np.ndarray, bits: int, fn: str, arg: str) -> None:
     if bits < 64 and values.size and int(values.max()) >> bits:
         raise ValueError(f"{fn}: argument `{arg}` holds {int(values.max())}, which does not fit in {bits} bits")
@@ -111,8 +117,7 @@ def dcf_eval_numpy(party: int, seed: np.ndarray, cw: np.ndarray, x: np.ndarray, 
     """
     fn = "dcf_eval_numpy"
     bits = _check_bits(bits, fn)
-    if party not in (0, 1) or isinstance(party, bool):
-        raise ValueError(f"{fn}: argument `party` must be 0 or 1, got {party!r}")
+    party = _check_party(party, fn)
     check_uint64_array(x, fn=fn, arg="x")
     if x.ndim != 2 or x.shape[1] < 1:
         raise ValueError(f"{fn}: argument `x` must have shape (elements, points) with points >= 1, got {x.shape}")
@@ -145,8 +150,7 @@ def dcf_eval(party: int, seed: Any, cw: Any, x: Any, bits: int = 64) -> tf.Tenso
     """`dcf_eval_numpy` as a TF op (works in graphs; shards across cores): uint64 [n, points, 2]."""
     fn = "dcf_eval"
     bits = _check_bits(bits, fn)
-    if party not in (0, 1) or isinstance(party, bool):
-        raise ValueError(f"{fn}: argument `party` must be 0 or 1, got {party!r}")
+    party = _check_party(party, fn)
     args = [to_uint64(v, fn=fn, arg=a) for v, a in ((seed, "seed"), (cw, "cw"), (x, "x"))]
     try:
         return _ops.tfppml_dcf_eval(*args, party=party, bits=bits)
