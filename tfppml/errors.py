@@ -23,3 +23,15 @@ class PartyUnavailableError(TfppmlError):
 
 class PolicyDenied(TfppmlError, PermissionError):
     """A data owner's policy refused a request."""
+
+
+class QuotaExceeded(PolicyDenied):
+    """A serving period's quota (counted in input rows) or a per-identity limit is spent."""
+
+
+class FixedPointOverflowError(TfppmlError, ArithmeticError):
+    """A fixed-point value or product would leave the range the ring encoding represents exactly."""
+
+
+class QueryCancelled(ProtocolError):
+    """A peer or the dispatcher cancelled the computation this step belonged to."""
