@@ -2,7 +2,7 @@
 
 The service's rules are tested in-process (fast: no network), then end to end with a real worker process over
 mutual TLS: encrypted predictions against plaintext Keras, the secret key never reaching the worker, clear errors
-for wrong contexts and garbage with the worker still serving, and the request quota.
+for wrong contexts and garbage with the worker still serving, and the quota (counted in input rows).
 """
 
 import numpy as np
@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from tfppml import he
-from tfppml.errors import PolicyDenied
+from tfppml.errors import PolicyDenied, ProtocolError, QuotaExceeded
 from tfppml.he.service import (
     CKKSService,
     CKKSServing,
@@ -141,6 +141,78 @@ def test_only_the_owner_controls_a_model(service, program):
         service.handle("client", {"op": "decrypt"}, {})
 
 
+@pytest.fixture(scope="module")
+def batch_ctx(program):
+    return he.CKKSContext(**program.context_parameters("batch"))
+
+
+def _query(service, ctx, x, layout="batch", caller="client", name="digits"):
+    public = ctx.public_context().serialize()
+    meta = {"op": "query", "name": name, "context_id": context_id(public)}
+    enc = _bytes(ctx.encrypt(np.asarray(x, dtype=np.float64), layout=layout).serialize())
+    return service.handle(caller, meta, {"context": _bytes(public), "input": enc})
+
+
+def _status(service, name="digits"):
+    return service.handle("model_owner", {"op": "status", "name": name}, {})[0]
+
+
+def test_the_quota_counts_rows_not_queries(service, batch_ctx, digits):
+    x = digits[1]
+    assert _status(service) == {"serving": True, "quota": 10, "started": 0, "served": 0}
+    _query(service, batch_ctx, x[:4])
+    assert _status(service) == {"serving": True, "quota": 10, "started": 4, "served": 4}
+    with pytest.raises(QuotaExceeded, match="query of 7 rows exceeds the 6 row"):
+        _query(service, batch_ctx, x[:7])  # refused whole, nothing spent
+    assert _status(service)["started"] == 4
+    _query(service, batch_ctx, x[:6])
+    assert _status(service) == {"serving": False, "quota": 10, "started": 10, "served": 10}
+    with pytest.raises(QuotaExceeded, match="answered 10 of 10 rows"):
+        _query(service, batch_ctx, x[:1])
+    service.handle("model_owner", {"op": "serve", "name": "digits", "num_requests": 2}, {})  # the period ended
+    with pytest.raises(QuotaExceeded, match="query of 3 rows"):
+        _query(service, batch_ctx, x[:3])
+    _query(service, batch_ctx, x[:1])
+    assert service.handle("model_owner", {"op": "stop", "name": "digits"}, {})[0] == {"served": 1}
+    assert _status(service) == {"serving": False, "quota": 2, "started": 1, "served": 1}
+    with pytest.raises(QuotaExceeded, match="stopped"):
+        _query(service, batch_ctx, x[:1])
+
+
+def test_serve_takes_a_positive_row_count_and_refuses_a_second_open_period(service):
+    for bad in (0, -1, True, 2.0, "3", None):
+        with pytest.raises(ValueError, match="num_requests"):
+            service.handle("model_owner", {"op": "serve", "name": "digits", "num_requests": bad}, {})
+    with pytest.raises(ProtocolError, match="already serving"):
+        service.handle("model_owner", {"op": "serve", "name": "digits", "num_requests": 100}, {})
+    assert service.handle("model_owner", {"op": "stop", "name": "digits"}, {})[0] == {"served": 0}
+    service.handle("model_owner", {"op": "serve", "name": "digits", "num_requests": 100}, {})
+    assert _status(service)["quota"] == 100
+    with pytest.raises(ValueError, match="positive int"):
+        CKKSServing.serve(None, "digits", 0)  # the driver checks before sending
+
+
+def test_a_declared_batch_size_travels_with_the_program_and_is_enforced(digits, batch_ctx):
+    model = tf.keras.Sequential([tf.keras.Input((64,), batch_size=1), L.Dense(16, activation=he.square), L.Dense(10)])
+    model.set_weights(digits[0].get_weights())
+    program = he.compile_model(model)
+    assert program.batch_size == 1 and he.compile_model(digits[0]).batch_size is None
+    structure, tensors = program_to_wire(program)
+    assert structure["batch_size"] == 1 and program_from_wire(structure, tensors).batch_size == 1
+    with pytest.raises(ValueError, match="batch_size"):
+        program_from_wire({**structure, "batch_size": 0}, tensors)
+    service = CKKSService("server0")
+    service.handle("model_owner", {"op": "register", "name": "one", "program": structure}, tensors)
+    service.handle("model_owner", {"op": "serve", "name": "one", "num_requests": 10}, {})
+    x = digits[1]
+    with pytest.raises(PolicyDenied, match="declares batch size 1: a query of 2 rows is refused"):
+        _query(service, batch_ctx, x[:2], name="one")
+    _, reply = _query(service, batch_ctx, x[:1], name="one")
+    got = batch_ctx.decrypt(batch_ctx.deserialize_cipher(reply["output"].tobytes()))
+    np.testing.assert_allclose(got, model(x[:1]).numpy(), atol=1e-2)
+    assert _status(service, "one") == {"serving": True, "quota": 10, "started": 1, "served": 1}
+
+
 # -- a real worker process -----------------------------------------------------------------------------------
 
 
@@ -164,7 +236,7 @@ def served(cluster, digits):
 def test_encrypted_predictions_agree_with_plaintext(cluster, served, digits):
     x = digits[1][:48]
     plain = served(x).numpy()
-    served.serve(2, block=False, protocol="ckks")
+    served.serve(6 + 48, block=False, protocol="ckks")  # rows: a query of 6, then one of 48
     vector = Client().connect_to_model(
         served.input_shape, served.output_shape, cluster, model_name="digits", protocol="ckks"
     )
@@ -178,7 +250,9 @@ def test_encrypted_predictions_agree_with_plaintext(cluster, served, digits):
     )
     got = batch.query_model(x)
     np.testing.assert_array_equal(got.argmax(-1), plain.argmax(-1))
-    assert served._tfppml_shared.protocol.program_status("digits")["served"] == 2
+    assert served._tfppml_shared.protocol.program_status("digits") == {
+        "serving": False, "quota": 54, "started": 54, "served": 54  # all rows served: the period ended by itself
+    }
 
 
 def test_worker_refuses_a_secret_key_and_holds_only_public_contexts(cluster, served, program, digits):
@@ -226,7 +300,7 @@ def test_bad_inputs_get_clear_errors_and_the_worker_keeps_serving(cluster, serve
         me.query("nope", ctx, ctx.encrypt(x))
     # None of that used up the quota; a good query still gets its answer.
     status = served._tfppml_shared.protocol.program_status("digits")
-    assert status == {"quota": 1, "started": 0, "served": 0}
+    assert status == {"serving": True, "quota": 1, "started": 0, "served": 0}
     np.testing.assert_allclose(ctx.decrypt(me.query("digits", ctx, ctx.encrypt(x))), served(x).numpy(), atol=1e-2)
 
 
@@ -239,14 +313,19 @@ def test_quota_stop_and_restart(cluster, served, digits):
     served.serve(2, block=False)
     client.query_model(x)
     client.query_model(x)
-    with pytest.raises(PolicyDenied, match="answered 2 of 2"):
+    with pytest.raises(PolicyDenied, match="answered 2 of 2 rows"):
         client.query_model(x)
     with pytest.raises(PolicyDenied, match="only the owner"):
         client.protocol.serve("digits", 100)  # a client cannot grant itself queries
     served.serve(3, block=False)
+    with pytest.raises(PolicyDenied, match="query of 4 rows exceeds the 3 row"):
+        client.query_model(digits[1][:4])  # rows count, not calls: a batch of 4 does not fit a quota of 3
     client.query_model(x)
+    with pytest.raises(RemoteError, match="already serving") as info:
+        served.serve(5, block=False)  # a period is open (2 rows left): stop it first
+    assert info.value.remote_type == "ProtocolError"
     assert served.stop() == 1
-    with pytest.raises(PolicyDenied):
+    with pytest.raises(PolicyDenied, match="stopped"):
         client.query_model(x)
     with pytest.raises(ValueError, match="shared with 'ckks'"):
         served.serve(1, protocol="aby3")

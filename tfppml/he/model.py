@@ -155,13 +155,17 @@ class HEModel:
     Attributes:
         steps: the program: ("matmul", W), ("add", b), ("square",), ("poly", coeffs).
         input_dim / output_dim: feature sizes.
+        input_shape: per-sample shape of the Keras input, e.g. (28, 28, 1); None: (input_dim,).
+        batch_size: the batch size the Keras model declares (`batch_input_shape` (1, ...) gives 1), which a
+            serving worker enforces on every query; None: any.
         depth: multiplicative depth the client's context must provide.
     """
 
     steps: list
     input_dim: int
     output_dim: int
-    input_shape: tuple | None = None  # per-sample shape of the Keras input, e.g. (28, 28, 1); None: (input_dim,)
+    input_shape: tuple | None = None
+    batch_size: int | None = None
 
     @property
     def depth(self) -> int:
@@ -467,7 +471,8 @@ def compile_model(model: tf.keras.Model) -> HEModel:
         model: a built tf.keras Sequential or functional model with one input and a single chain of layers.
 
     Returns:
-        The HEModel; see `.depth`, `.rotation_steps`, `.context_parameters()` and `.flatten()`.
+        The HEModel; see `.depth`, `.rotation_steps`, `.context_parameters()` and `.flatten()`. A declared batch
+        size (`tf.keras.Input((64,), batch_size=1)`) becomes `.batch_size`, enforced when the model is served.
 
     Raises:
         TypeError: if `model` is not a Keras model.
@@ -508,6 +513,11 @@ def compile_model(model: tf.keras.Model) -> HEModel:
         steps.extend(layer_steps)
     if not steps:
         raise ValueError("compile_model: the model computes nothing (no Dense, convolution or activation layer)")
+    batch = input_shape[0] if input_shape else None
     return HEModel(
-        steps=_fuse_affine(steps), input_dim=_size(in_shape), output_dim=_size(shape), input_shape=in_shape
+        steps=_fuse_affine(steps),
+        input_dim=_size(in_shape),
+        output_dim=_size(shape),
+        input_shape=in_shape,
+        batch_size=int(batch) if batch is not None else None,
     )

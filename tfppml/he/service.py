@@ -1,7 +1,9 @@
 """Encrypted inference served from its own process: the "ckks" worker service and its driver.
 
 A model owner registers a compiled `HEModel` (plaintext weights as arrays, the layer structure as JSON; never
-pickle, nothing secret) at a worker started with `--service ckks`, and opens serving periods with a request quota.
+pickle, nothing secret) at a worker started with `--service ckks`, and opens serving periods with a quota of input
+rows (a `tfppml.serving.ServingPeriod`, the same as MPC serving's: a query of a batch of 100 rows spends 100, and a
+model that declares its batch size accepts queries of exactly that many rows).
 A client sends its *public* context (serialized without the secret key) and its encrypted input; the worker runs
 the program on the ciphertexts and returns the encrypted output, which only the client can decrypt.
 
@@ -14,18 +16,21 @@ Operations (request meta "op"; the caller is the TLS identity, never a field of 
 
 - "register" (anyone; the caller becomes the owner, an existing name of another owner is refused): meta
   "name" and "program" (see `program_to_wire`), tensors = the program's weights.
-- "serve" / "stop" / "status" (owner only): open a serving period of meta "num_requests" queries / end it
-  (queries already admitted finish) / read {"quota", "started", "served"}.
+- "serve" / "stop" / "status" (owner only): open a serving period of meta "num_requests" input rows (refused
+  while one is open: stop it first) / end it (queries already admitted finish) / read {"serving", "quota",
+  "started", "served"} (rows; see `tfppml.serving`).
 - "info" (anyone): input/output sizes, depth and the CKKS parameters a client's key set needs, per layout.
 - "query" (anyone, while serving): meta "name", "context_id" (sha256 of the serialized public context); tensors
   "input" (serialized CipherTensor, uint8) and, unless the worker already holds that context for this caller,
-  "context" (serialized public context, uint8). Returns tensor "output" (serialized CipherTensor).
+  "context" (serialized public context, uint8). Returns tensor "output" (serialized CipherTensor). The query
+  spends one row of the quota per encrypted input row: shape (b, input_dim) spends b, a single vector
+  (input_dim,) spends 1, any leading axes all count.
 - "contexts" (anyone): what the worker holds for the caller: [{"context_id", "key_id", "has_secret_key"}].
 
 Example:
     >>> cluster = tfppml.Cluster(tfppml.Worker("127.0.0.1:0"), service="ckks").start()    # doctest: +SKIP
     >>> owner = CKKSServing(cluster, "model_owner")                                      # doctest: +SKIP
-    >>> owner.register("mlp", compile_model(keras_model)); owner.serve("mlp", 10)         # doctest: +SKIP
+    >>> owner.register("mlp", compile_model(keras_model)); owner.serve("mlp", 10)  # 10 rows  # doctest: +SKIP
     >>> client = CKKSServing(cluster, "client")                                          # doctest: +SKIP
     >>> ctx = CKKSContext(**client.info("mlp")["context_parameters"]["vector"])           # doctest: +SKIP
     >>> y = ctx.decrypt(client.query("mlp", ctx, ctx.encrypt(x)))                         # doctest: +SKIP
@@ -45,6 +50,7 @@ import numpy as np
 from tfppml.errors import PolicyDenied, ProtocolError
 from tfppml.he.ckks import LAYOUTS, CipherTensor, CKKSContext
 from tfppml.he.model import HEModel
+from tfppml.serving import ServingPeriod
 
 __all__ = [
     "CKKSService",
@@ -117,8 +123,9 @@ def program_to_wire(program: HEModel) -> tuple[dict[str, Any], dict[str, np.ndar
         program: the compiled model.
 
     Returns:
-        `(structure, tensors)`: structure {"format", "input_dim", "output_dim", "steps": [{"kind": "matmul" |
-        "add", "tensor": name} | {"kind": "square"} | {"kind": "poly", "coeffs": [...]}]}.
+        `(structure, tensors)`: structure {"format", "input_dim", "output_dim", "batch_size" (int or None: the
+        declared batch size), "steps": [{"kind": "matmul" | "add", "tensor": name} | {"kind": "square"} |
+        {"kind": "poly", "coeffs": [...]}]}.
 
     Raises:
         TypeError: if `program` is not an HEModel.
@@ -148,6 +155,7 @@ def program_to_wire(program: HEModel) -> tuple[dict[str, Any], dict[str, np.ndar
         "format": WIRE_FORMAT,
         "input_dim": int(program.input_dim),
         "output_dim": int(program.output_dim),
+        "batch_size": None if program.batch_size is None else int(program.batch_size),
         "steps": steps,
     }
     return structure, tensors
@@ -180,6 +188,9 @@ def program_from_wire(structure: Any, tensors: Mapping[str, np.ndarray]) -> HEMo
         )
     input_dim = _int_field(structure.get("input_dim"), "program input_dim", 1, 1 << 20)
     output_dim = _int_field(structure.get("output_dim"), "program output_dim", 1, 1 << 20)
+    batch_size = structure.get("batch_size")
+    if batch_size is not None:
+        batch_size = _int_field(batch_size, "program batch_size", 1, 1 << 20)
     raw_steps = structure.get("steps")
     if not isinstance(raw_steps, list) or not 1 <= len(raw_steps) <= _MAX_STEPS:
         raise ValueError(f"program steps must be a list of 1..{_MAX_STEPS} steps, got {type(raw_steps).__name__}")
@@ -233,21 +244,27 @@ def program_from_wire(structure: Any, tensors: Mapping[str, np.ndarray]) -> HEMo
     unused = sorted(set(tensors) - used)
     if unused:
         raise ValueError(f"program tensors {unused} are not used by any step")
-    return HEModel(steps=steps, input_dim=input_dim, output_dim=output_dim)
+    return HEModel(steps=steps, input_dim=input_dim, output_dim=output_dim, batch_size=batch_size)
 
 
 # -- the worker side --------------------------------------------------------------------------------------
 
 
 class _Served:
-    """A registered program, its owner and its serving period."""
+    """A registered program, its owner and its serving period (counted in input rows)."""
 
-    def __init__(self, owner: str, program: HEModel) -> None:
+    def __init__(self, name: str, owner: str, program: HEModel) -> None:
         self.owner = owner
         self.program = program
-        self.quota = 0  # queries allowed in the current serving period
-        self.started = 0  # queries admitted in it
-        self.served = 0  # queries answered in it
+        self.period = ServingPeriod(name, batch_size=program.batch_size)
+
+
+def _rows(shape: tuple[int, ...]) -> int:
+    """Input rows of an encrypted input: every axis but the last (features) counts; a vector is one row."""
+    rows = 1
+    for dim in shape[:-1]:
+        rows *= int(dim)
+    return rows
 
 
 def _bytes_tensor(tensors: Mapping[str, np.ndarray], key: str) -> bytes:
@@ -306,7 +323,10 @@ class CKKSService:
         """Answers one call (see the module docstring).
 
         Raises:
-            PolicyDenied: a non-owner controls a model, or a query arrives outside a serving period.
+            PolicyDenied: a non-owner controls a model, or a query's rows differ from the declared batch size.
+            tfppml.errors.QuotaExceeded: (a PolicyDenied) a query arrives outside a serving period or has more
+                rows than are left of its quota.
+            ProtocolError: "serve" while a serving period is open.
             LookupError: no such model; an unknown "context_id" (send the context itself).
             ValueError: malformed requests, a context with a secret key, a context whose depth is too small,
                 ciphertexts of another key set or of the wrong shape.
@@ -344,26 +364,24 @@ class CKKSService:
             existing = self._models.get(name)
             if existing is not None and existing.owner != caller:
                 raise PolicyDenied(f"register: model {name!r} belongs to another identity")
-            self._models[name] = _Served(caller, program)
+            self._models[name] = _Served(name, caller, program)
         return {"depth": program.depth}, {}
 
     def _serve(self, caller: str, meta: dict, tensors: dict) -> tuple[dict, dict]:
         with self._lock:
             _, served = self._owned(caller, meta, "serve")
-            quota = _int_field(meta.get("num_requests"), "serve: meta 'num_requests'", 0, 2**31)
-            served.quota, served.started, served.served = quota, 0, 0
+        served.period.open(meta.get("num_requests"))
         return {}, {}
 
     def _stop(self, caller: str, meta: dict, tensors: dict) -> tuple[dict, dict]:
         with self._lock:
             _, served = self._owned(caller, meta, "stop")
-            served.quota = served.started
-            return {"served": served.served}, {}
+        return {"served": served.period.stop()}, {}
 
     def _status(self, caller: str, meta: dict, tensors: dict) -> tuple[dict, dict]:
         with self._lock:
             _, served = self._owned(caller, meta, "status")
-            return {"quota": served.quota, "started": served.started, "served": served.served}, {}
+        return served.period.status(), {}
 
     def _info(self, caller: str, meta: dict, tensors: dict) -> tuple[dict, dict]:
         name = _name_arg(meta, "info")
@@ -441,21 +459,10 @@ class CKKSService:
                 f"query: tensor 'input' must encrypt shape (batch, {program.input_dim}), got {cipher.shape} "
                 f"({cipher.layout} layout)"
             )
-        # Admitted only once the input is known to be well formed: garbage does not use up the quota.
-        with self._lock:
-            if served.started >= served.quota:
-                raise PolicyDenied(
-                    f"query: model {name!r} is not serving (it answered {served.served} of {served.quota} requests)"
-                )
-            served.started += 1
-        try:
+        # Admitted only once the input is known to be well formed: garbage does not use up the quota. The quota
+        # counts the encrypted rows, so one query of many rows cannot stand for one request.
+        with served.period.admit(_rows(cipher.shape)):
             output = program(cipher).serialize()
-        except BaseException:
-            with self._lock:
-                served.started -= 1
-            raise
-        with self._lock:
-            served.served += 1
         return {}, {"output": np.frombuffer(output, dtype=np.uint8)}
 
 
@@ -538,21 +545,27 @@ class CKKSServing:
         return int(self._call({"op": "register", "name": name, "program": structure}, tensors)[0]["depth"])
 
     def serve(self, name: str, num_requests: int) -> None:
-        """Opens a serving period of `num_requests` queries (owner only)."""
-        if isinstance(num_requests, bool) or not isinstance(num_requests, int) or num_requests < 0:
+        """Opens a serving period of `num_requests` input rows (owner only; refused while one is open)."""
+        if isinstance(num_requests, bool) or not isinstance(num_requests, int) or num_requests < 1:
             raise ValueError(
-                f"CKKSServing.serve: argument `num_requests` must be a non-negative int, got {num_requests!r}"
+                f"CKKSServing.serve: argument `num_requests` must be a positive int, got {num_requests!r}"
             )
         self._call({"op": "serve", "name": name, "num_requests": num_requests})
 
     def stop_serving(self, name: str) -> int:
-        """Ends the serving period (queries already admitted finish); returns how many were answered."""
+        """Ends the serving period (queries already admitted finish); returns how many rows were answered."""
         return int(self._call({"op": "stop", "name": name})[0]["served"])
 
-    def program_status(self, name: str) -> dict[str, int]:
-        """{"quota", "started", "served"} of the current serving period (owner only)."""
+    def program_status(self, name: str) -> dict[str, Any]:
+        """{"serving": bool, "quota": rows or None, "started", "served": rows} of the serving period (owner only)."""
         meta = self._call({"op": "status", "name": name})[0]
-        return {key: int(meta[key]) for key in ("quota", "started", "served")}
+        quota = meta["quota"]
+        return {
+            "serving": bool(meta["serving"]),
+            "quota": None if quota is None else int(quota),
+            "started": int(meta["started"]),
+            "served": int(meta["served"]),
+        }
 
     def info(self, name: str) -> dict[str, Any]:
         """{"input_dim", "output_dim", "depth", "context_parameters": {layout: CKKSContext kwargs}}."""
@@ -574,7 +587,8 @@ class CKKSServing:
             The encrypted output under `context`'s key set.
 
         Raises:
-            PolicyDenied: the model is not serving.
+            PolicyDenied: the model is not serving, fewer rows than `cipher` has are left of its quota (each row
+                of the batch counts), or `cipher`'s rows differ from the model's declared batch size.
             tfppml.net.transport.RemoteError: the worker refused the input (its type and message inside).
         """
         if not isinstance(context, CKKSContext):
