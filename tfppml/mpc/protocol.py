@@ -17,6 +17,12 @@ Accuracy (16 fractional bits): encoding rounds to within 2**-17; each truncated 
 2**-16; a product of shared values inherits the inputs' rounding, so for matmul
 |error| <= sum_k (|x_ik| + |w_kj|) * 2**-17 + 2**-16 (+ the tiny per-element failure chance of the
 probabilistic truncation described in `FixedPointEncoding`).
+
+Range (see `tfppml.mpc.encoding`): a truncation of a product z fails with probability |z| * 2**(2f) / 2**64,
+so `frac_bits` is refused unless value_range * 2**(2f) / 2**64 <= max_failure (defaults 2**10 and 2**-20:
+f <= 17).  Every SharedTensor carries a public bound on |value|; an operation whose result could reach 2**62
+ring units (e.g. a matmul with k * bx * by >= 2**(62 - 2f)) raises `FixedPointOverflowError` before any
+party works, and `reveal` withholds values outside the bound (a failed truncation) with the same error.
 """
 
 from __future__ import annotations
@@ -30,9 +36,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfppml import ops
-from tfppml.errors import ProtocolError
+from tfppml.errors import FixedPointOverflowError, ProtocolError
 from tfppml.mpc.backends import InProcessBackend, NetworkBackend
-from tfppml.mpc.encoding import FixedPointEncoding
+from tfppml.mpc.encoding import RING_LIMIT, RING_LIMIT_BITS, FixedPointEncoding
 from tfppml.mpc.tensor import SharedTensor
 from tfppml.ops.prg import new_seed
 
@@ -93,6 +99,48 @@ def _opt_int(v: Any) -> int | None:
     return None if v is None else int(v)
 
 
+# --- public bounds on |value| (see tfppml.mpc.encoding: range and failure rules) -----------------------------
+def _sum_bounds(*bounds: float | None) -> float | None:
+    return None if any(b is None for b in bounds) else float(sum(bounds))
+
+
+def _product_bound(*factors: float | None) -> float | None:
+    return None if any(f is None for f in factors) else float(np.prod([float(f) for f in factors]))
+
+
+def _ulp(bound: float | None, frac_bits: int) -> float | None:
+    """`bound` plus one unit in the last place at `frac_bits` (a truncation rounds by at most that)."""
+    return None if bound is None else bound + 2.0**-frac_bits
+
+
+def _plain_bounds(array: np.ndarray, frac_bits: int) -> tuple[float, dict[str, float]]:
+    """Bound on |encoded value| of a plaintext array (rounding included) and its product norms."""
+    absolute = np.abs(np.asarray(array, dtype=np.float64))
+    if frac_bits and not np.issubdtype(np.asarray(array).dtype, np.integer):
+        absolute = absolute + 2.0 ** -(frac_bits + 1)
+    if not absolute.size:
+        return 0.0, {}
+    norms = {}
+    if absolute.ndim >= 2:
+        norms["rows"] = float(np.max(np.sum(absolute, axis=-1)))
+        norms["cols"] = float(np.max(np.sum(absolute, axis=-2)))
+    if absolute.ndim == 4:
+        norms["filters"] = float(np.max(np.sum(absolute, axis=(0, 1, 2))))
+    return float(np.max(absolute)), norms
+
+
+def _check_bound(what: str, bound: float | None, frac_bits: int, hint: str = "") -> None:
+    """Refuses a result whose public bound could reach the ring's limit (it could wrap silently)."""
+    if bound is None or bound * 2.0**frac_bits < RING_LIMIT:
+        return
+    raise FixedPointOverflowError(
+        f"{what}: the result could reach |value| = {bound:.6g} (a public bound from the operands' ranges), "
+        f"{bound * 2.0**frac_bits:.3g} ring units at {frac_bits} fractional bits, beyond 2**{RING_LIMIT_BITS}: "
+        f"the ring Z_2^64 would wrap silently and give a wrong answer.{hint} Scale the values down, use fewer "
+        "fractional bits, or split the computation"
+    )
+
+
 class ABY3:
     """Three-party computation on secret-shared fixed-point tensors (2-out-of-3 replicated sharing, Z_2^64).
 
@@ -101,6 +149,11 @@ class ABY3:
             experiments), or a started `tfppml.net` cluster (three server processes over gRPC with mutual TLS).
         frac_bits: fixed-point fractional bits (default 16).
         max_bits: bound on encoded magnitudes, see `FixedPointEncoding`.
+        value_range: declared magnitude of the values and products the computation handles (default 2**10),
+            and the bound assumed for a served program's input (a query's input must stay within it).
+        max_failure: tolerated probability that a truncation fails, per element (default 2**-20).  `frac_bits`
+            is refused unless value_range * 2**(2 * frac_bits) / 2**64 <= max_failure (see
+            `tfppml.mpc.encoding`); the defaults allow frac_bits <= 17.
         timeout: seconds a party waits for a peer before failing (in-process back end; a cluster has its own).
         identity: the certificate identity this driver presents to a cluster ("driver", "model_owner",
             "client", ...); shared tensors belong to the identity that made them and only it may use them.
@@ -115,10 +168,15 @@ class ABY3:
         frac_bits: int = 16,
         *,
         max_bits: int = 42,
+        value_range: float = 2.0**10,
+        max_failure: float = 2.0**-20,
         timeout: float = 30.0,
         identity: str = "driver",
     ) -> None:
-        self.encoding = FixedPointEncoding(frac_bits, max_bits)
+        try:
+            self.encoding = FixedPointEncoding(frac_bits, max_bits, value_range, max_failure)
+        except ValueError as err:
+            raise ValueError(f"ABY3: {err}") from None
         if cluster is None:
             self.backend = InProcessBackend(timeout=timeout)
         else:
@@ -164,15 +222,25 @@ class ABY3:
             pass
 
     def _result(
-        self, op: str, args: dict, shape: Sequence[int], frac_bits: int, tensors=None, *, terms: bool = False
+        self,
+        op: str,
+        args: dict,
+        shape: Sequence[int],
+        frac_bits: int,
+        tensors=None,
+        *,
+        terms: bool = False,
+        bound: float | None = None,
+        norms: dict | None = None,
     ) -> SharedTensor:
+        _check_bound(f"ABY3 {op}", bound, frac_bits)  # before any party works
         out = self._new_id()
         answers = self._run(op, {**args, "out": out}, tensors)
         shapes = {tuple(meta.get("shape", ())) for meta, _ in answers}
         expected = tuple(int(d) for d in shape)
         if shapes != {expected}:
             raise ProtocolError(f"{op}: the parties report result shapes {sorted(shapes)}, expected {expected}")
-        return SharedTensor(self, out, expected, frac_bits, terms=terms)
+        return SharedTensor(self, out, expected, frac_bits, terms=terms, bound=bound, norms=norms)
 
     def _party_index(self, name: str, arg: str, fn: str) -> int:
         if name not in self.party_names:
@@ -206,7 +274,10 @@ class ABY3:
         else:
             bits = self.frac_bits if frac_bits is None else frac_bits
         encoded = self._encode(array, bits, fn, arg)
-        return self._result("public", {}, array.shape, bits, [{"value": encoded.numpy()}] * 3)
+        bound, norms = _plain_bounds(array, bits)
+        return self._result(
+            "public", {}, array.shape, bits, [{"value": encoded.numpy()}] * 3, bound=bound, norms=norms
+        )
 
     def _encode(self, array: np.ndarray, frac_bits: int, fn: str, arg: str) -> tf.Tensor:
         encoding = FixedPointEncoding(frac_bits, self.encoding.max_bits)
@@ -220,7 +291,8 @@ class ABY3:
         if x.frac_bits == frac_bits:
             return x
         return self._result(
-            "scale_up", {"x": x.id, "bits": frac_bits - x.frac_bits}, x.shape, frac_bits, terms=x.terms
+            "scale_up", {"x": x.id, "bits": frac_bits - x.frac_bits}, x.shape, frac_bits, terms=x.terms,
+            bound=x.bound,
         )
 
     def _align(self, x: SharedTensor, y: SharedTensor) -> tuple[SharedTensor, SharedTensor]:
@@ -257,15 +329,18 @@ class ABY3:
         if isinstance(value, SharedTensor):
             return self._check_own(value, fn, "value")
         bits = 0 if integer else self.frac_bits
-        if owner is None:
-            shape, tensors = self._split(value, fn, "value", bits, integer=integer)
-            return self._result("input", {}, shape, bits, tensors)
         array = self._numeric(value, fn, "value", integer=integer)
+        bound, norms = _plain_bounds(array, bits)
+        if owner is None:
+            shape, tensors = self._split(array, fn, "value", bits, integer=integer)
+            return self._result("input", {}, shape, bits, tensors, bound=bound, norms=norms)
         encoded = self._encode(array, bits, fn, "value")
         j = self._party_index(owner, "owner", fn)
         tensors = [{"value": encoded.numpy()} if i == j else {} for i in range(3)]
         shape = array.shape
-        return self._result("input_from", {"owner": j, "shape": list(shape)}, shape, bits, tensors)
+        return self._result(
+            "input_from", {"owner": j, "shape": list(shape)}, shape, bits, tensors, bound=bound, norms=norms
+        )
 
     @staticmethod
     def _numeric(value: Any, fn: str, arg: str, *, integer: bool) -> np.ndarray:
@@ -314,8 +389,34 @@ class ABY3:
         for _, tensors in answers[1:]:
             total = ops.ring_add(total, tensors["term"])
         if x.frac_bits == 0:
-            return np.asarray(total).view(np.int64).reshape(x.shape)
-        return self.encoding.decode(total, x.frac_bits).reshape(x.shape)
+            values = np.asarray(total).view(np.int64).reshape(x.shape)
+        else:
+            values = self.encoding.decode(total, x.frac_bits).reshape(x.shape)
+        self._check_revealed(x, values)
+        return values
+
+    @staticmethod
+    def _check_revealed(x: SharedTensor, values: np.ndarray) -> None:
+        """Wrap and failure detection: revealed values must lie within the public bound x carries.
+
+        A failed probabilistic truncation is off by 2**(64 - d) ring units, and a wrapped sum by 2**64: both
+        land far outside any bound the computation guarantees (unless the bound itself is that large)."""
+        if x.bound is None or not values.size:
+            return
+        limit = (x.bound + (2.0**-x.frac_bits if x.frac_bits else 0.0)) * (1 + 2**-40)
+        magnitude = np.abs(values.astype(np.float64))
+        outside = magnitude > limit
+        count = int(np.count_nonzero(outside))
+        if count:
+            index = int(np.argmax(magnitude))
+            err = FixedPointOverflowError(
+                f"ABY3.reveal: {count} of {values.size} revealed values lie outside the public bound "
+                f"|value| <= {x.bound:.6g} that the computation guarantees (largest {values.reshape(-1)[index]:.6g} "
+                f"at flat index {index}): a probabilistic truncation failed (probability |v| * 2**(2f) / 2**64 per "
+                "product, see tfppml.mpc.encoding) or a value wrapped around the ring; the result is withheld"
+            )
+            err.count, err.size = count, int(values.size)
+            raise err
 
     def communication_stats(self, reset: bool = False) -> dict[str, dict[str, int]]:
         """Messages and bytes each server sent and messages it received (since the last reset).
@@ -348,11 +449,14 @@ class ABY3:
         ys = self._operand(y, fn, "y", frac_bits=like.frac_bits, terms_ok=True)
         xs, ys = self._align(xs, ys)
         shape = self._broadcast(fn, xs, ys)
-        return self._result(op, {"x": xs.id, "y": ys.id}, shape, xs.frac_bits, terms=xs.terms or ys.terms)
+        return self._result(
+            op, {"x": xs.id, "y": ys.id}, shape, xs.frac_bits, terms=xs.terms or ys.terms,
+            bound=_sum_bounds(xs.bound, ys.bound),
+        )
 
     def neg(self, x: SharedTensor) -> SharedTensor:
         x = self._check_own(x, "ABY3.neg", "x")
-        return self._result("neg", {"x": x.id}, x.shape, x.frac_bits)
+        return self._result("neg", {"x": x.id}, x.shape, x.frac_bits, bound=x.bound)
 
     # A program's builder sets this: only a recorded program may leave a product unshared (reshare=False).
     _recording = False
@@ -367,10 +471,14 @@ class ABY3:
         extra=None,
         truncate: bool = True,
         reshare: bool = True,
+        bound: float | None = None,
+        hint: str = "",
     ) -> SharedTensor:
+        """`bound`: a public bound on |product| (before truncation, checked at the summed fractional bits)."""
         if not isinstance(reshare, bool):
             raise TypeError(f"{fn}: argument `reshare` must be a bool, got {type(reshare).__name__}")
         total = x.frac_bits + y.frac_bits
+        _check_bound(fn, bound, total, hint)
         if not reshare:
             if not self._recording:
                 raise ValueError(
@@ -378,16 +486,16 @@ class ABY3:
                     "be added to, reshaped, passed to relu and returned to the querying client"
                 )
             args = {"x": x.id, "y": y.id, "trunc": 0, "terms": True, **(extra or {})}
-            return self._result(op, args, shape, total, terms=True)
+            return self._result(op, args, shape, total, terms=True, bound=bound)
         trunc = total - self.frac_bits if truncate and total > self.frac_bits else 0
         args = {"x": x.id, "y": y.id, "trunc": trunc, **(extra or {})}
-        return self._result(op, args, shape, total - trunc)
+        return self._result(op, args, shape, total - trunc, bound=_ulp(bound, total - trunc) if trunc else bound)
 
     def mul(self, x: Operand, y: Operand) -> SharedTensor:
         """Elementwise x * y with broadcasting; public factors may be numbers or arrays."""
         fn = "ABY3.mul"
         xs, ys = self._operand(x, fn, "x"), self._operand(y, fn, "y")
-        return self._product("mul", fn, xs, ys, self._broadcast(fn, xs, ys))
+        return self._product("mul", fn, xs, ys, self._broadcast(fn, xs, ys), bound=_product_bound(xs.bound, ys.bound))
 
     def matmul(self, x: Operand, y: Operand, *, reshare: bool = True) -> SharedTensor:
         """Matrix product [..., m, k] @ [..., k, n] (batch dimensions broadcast).
@@ -409,7 +517,21 @@ class ABY3:
             batch = np.broadcast_shapes(xs.shape[:-2], ys.shape[:-2])
         except ValueError:
             raise ValueError(f"{fn}: batch dimensions of {xs.shape} and {ys.shape} cannot be broadcast") from None
-        return self._product("matmul", fn, xs, ys, (*batch, xs.shape[-2], ys.shape[-1]), reshare=reshare)
+        k = xs.shape[-1]
+        bound = _product_bound(k, xs.bound, ys.bound)
+        if bound is not None:
+            # Tighter when an operand's plaintext was known: |sum_k x_ik y_kj| <= bx * max_j sum_k |y_kj|.
+            if "cols" in ys._norms:
+                bound = min(bound, xs.bound * ys._norms["cols"])
+            if "rows" in xs._norms:
+                bound = min(bound, xs._norms["rows"] * ys.bound)
+        hint = ""
+        if xs.bound and ys.bound:
+            limit = RING_LIMIT / 2.0 ** (xs.frac_bits + ys.frac_bits) / (xs.bound * ys.bound)
+            hint = f" With |x| <= {xs.bound:.4g} and |y| <= {ys.bound:.4g} the inner dimension may be at most {int(limit):d} (it is {k})."
+        return self._product(
+            "matmul", fn, xs, ys, (*batch, xs.shape[-2], ys.shape[-1]), reshare=reshare, bound=bound, hint=hint
+        )
 
     def conv2d(
         self,
@@ -449,14 +571,21 @@ class ABY3:
         extra = {"strides": [sh, sw], "padding": padding}
         if not isinstance(truncate, bool):
             raise TypeError(f"{fn}: argument `truncate` must be a bool, got {type(truncate).__name__}")
-        return self._product("conv2d", fn, xs, ws, (n, oh, ow, cout), extra, truncate=truncate, reshare=reshare)
+        bound = _product_bound(kh * kw * xs.shape[3], xs.bound, ws.bound)
+        if bound is not None and "filters" in ws._norms:
+            bound = min(bound, xs.bound * ws._norms["filters"])  # per output: bx * sum of |w| over its window
+        return self._product(
+            "conv2d", fn, xs, ws, (n, oh, ow, cout), extra, truncate=truncate, reshare=reshare, bound=bound
+        )
 
     def truncate(self, x: SharedTensor, bits: int) -> SharedTensor:
         """Divides by 2**bits, lowering the fractional bits of x by `bits` (interactive)."""
         x = self._check_own(x, "ABY3.truncate", "x")
         if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= x.frac_bits:
             raise ValueError(f"ABY3.truncate: argument `bits` must be in [1, {x.frac_bits}], got {bits!r}")
-        return self._result("truncate", {"x": x.id, "bits": bits}, x.shape, x.frac_bits - bits)
+        return self._result(
+            "truncate", {"x": x.id, "bits": bits}, x.shape, x.frac_bits - bits, bound=_ulp(x.bound, x.frac_bits - bits)
+        )
 
     # --- shape and reductions (local) -------------------------------------------------------------------
     def reshape(self, x: SharedTensor, shape: Sequence[int]) -> SharedTensor:
@@ -467,14 +596,18 @@ class ABY3:
         except (ValueError, TypeError) as err:
             raise ValueError(f"ABY3.reshape: cannot reshape {x.shape} to {tuple(shape)}: {err}") from None
         # The requested shape (with any -1) goes to the servers, so a program stays valid for other batch sizes.
-        return self._result("reshape", {"x": x.id, "shape": requested}, new_shape, x.frac_bits, terms=x.terms)
+        return self._result(
+            "reshape", {"x": x.id, "shape": requested}, new_shape, x.frac_bits, terms=x.terms, bound=x.bound
+        )
 
     def transpose(self, x: SharedTensor, perm: Sequence[int] | None = None) -> SharedTensor:
         x = self._check_own(x, "ABY3.transpose", "x")
         order = list(reversed(range(x.ndim))) if perm is None else [int(p) for p in perm]
         if sorted(order) != list(range(x.ndim)):
             raise ValueError(f"ABY3.transpose: argument `perm` must permute {x.ndim} axes, got {perm!r}")
-        return self._result("transpose", {"x": x.id, "perm": order}, [x.shape[p] for p in order], x.frac_bits)
+        return self._result(
+            "transpose", {"x": x.id, "perm": order}, [x.shape[p] for p in order], x.frac_bits, bound=x.bound
+        )
 
     def getitem(self, x: SharedTensor, index: Any) -> SharedTensor:
         x = self._check_own(x, "SharedTensor indexing", "x")
@@ -483,7 +616,7 @@ class ABY3:
             shape = np.broadcast_to(np.empty(()), x.shape)[index].shape
         except IndexError as err:
             raise IndexError(f"SharedTensor indexing: {err} (shape {x.shape})") from None
-        return self._result("getitem", {"x": x.id, "index": encoded}, shape, x.frac_bits)
+        return self._result("getitem", {"x": x.id, "index": encoded}, shape, x.frac_bits, bound=x.bound)
 
     def concat(self, xs: Sequence[SharedTensor], axis: int = 0) -> SharedTensor:
         fn = "tfppml.mpc.concat"
@@ -496,13 +629,19 @@ class ABY3:
             shape = np.concatenate([np.broadcast_to(np.empty(()), p.shape) for p in parts], axis=axis).shape
         except (ValueError, np.AxisError) as err:
             raise ValueError(f"{fn}: {err}") from None
-        return self._result("concat", {"xs": [p.id for p in parts], "axis": int(axis)}, shape, frac)
+        bounds = [p.bound for p in parts]
+        bound = None if any(b is None for b in bounds) else max(bounds)
+        return self._result("concat", {"xs": [p.id for p in parts], "axis": int(axis)}, shape, frac, bound=bound)
 
     def reduce_sum(self, x: SharedTensor, axis: Any = None, keepdims: bool = False) -> SharedTensor:
         x = self._check_own(x, "ABY3.reduce_sum", "x")
         axes = self._axes(x, axis, "ABY3.reduce_sum")
         shape = np.sum(np.broadcast_to(np.empty(()), x.shape), axis=tuple(axes), keepdims=keepdims).shape
-        return self._result("sum", {"x": x.id, "axis": axes, "keepdims": bool(keepdims)}, shape, x.frac_bits)
+        count = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+        return self._result(
+            "sum", {"x": x.id, "axis": axes, "keepdims": bool(keepdims)}, shape, x.frac_bits,
+            bound=_product_bound(count, x.bound),
+        )
 
     def reduce_mean(self, x: SharedTensor, axis: Any = None, keepdims: bool = False) -> SharedTensor:
         x = self._check_own(x, "ABY3.reduce_mean", "x")
@@ -528,7 +667,7 @@ class ABY3:
     def nonnegative(self, x: SharedTensor) -> SharedTensor:
         """Shared integer [x >= 0] (1 or 0) by secure comparison (MSB extraction)."""
         x = self._check_own(x, "ABY3.nonnegative", "x")
-        return self._result("nonnegative", {"x": x.id}, x.shape, 0)
+        return self._result("nonnegative", {"x": x.id}, x.shape, 0, bound=1.0)
 
     def relu(self, x: SharedTensor) -> SharedTensor:
         """Exact ReLU, max(x, 0), through secure comparison: tensors of up to runtime.FSS_RELU_MAX_SIZE
@@ -542,7 +681,8 @@ class ABY3:
         x = self._check_own(x, "tfppml.mpc.relu", "x", terms_ok=True)
         extra = max(x.frac_bits - self.frac_bits, 0)
         args = {"x": x.id, "trunc": extra} if extra else {"x": x.id}
-        return self._result("relu", args, x.shape, x.frac_bits - extra)
+        bound = _ulp(x.bound, x.frac_bits - extra) if extra else x.bound
+        return self._result("relu", args, x.shape, x.frac_bits - extra, bound=bound)
 
     def _pool_args(self, fn: str, x: SharedTensor, pool_size: Any, strides: Any, padding: str) -> tuple:
         if x.ndim != 4:
@@ -578,7 +718,11 @@ class ABY3:
         # A program's unshared product (see `matmul`): the window sum of 2**k terms is the average at k more
         # fractional bits, left for the ReLU that follows to truncate.
         frac = x.frac_bits + (area.bit_length() - 1 if x.terms else 0)
-        summed = self._result("window_sum", {"x": x.id, "pool": pool, "strides": stride}, shape, frac, terms=x.terms)
+        # Terms: the window sum read at k more fractional bits is the average (bound bx); else the sum.
+        summed = self._result(
+            "window_sum", {"x": x.id, "pool": pool, "strides": stride}, shape, frac, terms=x.terms,
+            bound=x.bound if x.terms else _product_bound(area, x.bound),
+        )
         if x.terms:
             return summed
         extra = max(x.frac_bits - self.frac_bits, 0)
@@ -586,7 +730,10 @@ class ABY3:
             bits = extra + area.bit_length() - 1
             if bits == 0:
                 return summed
-            return self._result("truncate", {"x": summed.id, "bits": bits}, shape, x.frac_bits - extra)
+            return self._result(
+                "truncate", {"x": summed.id, "bits": bits}, shape, x.frac_bits - extra,
+                bound=_ulp(x.bound, x.frac_bits - extra),
+            )
         if extra:
             summed = self.truncate(summed, extra)
         return self.mul(summed, 1.0 / area)
@@ -596,7 +743,9 @@ class ABY3:
         fn = "tfppml.mpc.max_pool2d"
         x = self._check_own(x, fn, "x")
         pool, stride, shape = self._pool_args(fn, x, pool_size, strides, padding)
-        return self._result("max_pool2d", {"x": x.id, "pool": pool, "strides": stride}, shape, x.frac_bits)
+        return self._result(
+            "max_pool2d", {"x": x.id, "pool": pool, "strides": stride}, shape, x.frac_bits, bound=x.bound
+        )
 
     def argmax(self, x: SharedTensor, axis: int = -1) -> SharedTensor:
         """Shared index of the maximum along `axis` (a shared integer; reveal gives int64)."""
@@ -606,7 +755,7 @@ class ABY3:
         if a != x.ndim - 1:
             perm = [d for d in range(x.ndim) if d != a] + [a]
             x = self.transpose(x, perm)
-        return self._result("argmax", {"x": x.id}, x.shape[:-1], 0)
+        return self._result("argmax", {"x": x.id}, x.shape[:-1], 0, bound=float(max(x.shape[-1] - 1, 0)))
 
     # --- served programs --------------------------------------------------------------------------------
     def program(self, input_shape: Sequence[int], frac_bits: int | None = None) -> tuple["ProgramBuilder", SharedTensor]:
@@ -617,7 +766,8 @@ class ABY3:
         """
         builder = ProgramBuilder(self)
         bits = self.frac_bits if frac_bits is None else frac_bits
-        return builder, SharedTensor(builder, "$input", input_shape, bits)
+        # The input is the client's, unseen here: its declared range bounds everything the program computes.
+        return builder, SharedTensor(builder, "$input", input_shape, bits, bound=self.encoding.value_range)
 
     def register_program(self, name: str, output: SharedTensor) -> None:
         """Stores the program that computes `output` (recorded with `program`) at the servers as `name`."""
@@ -642,6 +792,15 @@ class ABY3:
         answers = self._run("program_status", {"name": name})
         return {key: min(meta[key] for meta, _ in answers) for key in ("quota", "started", "served")}
 
+    def _check_query_input(self, fn: str, bound: float | None) -> None:
+        """A served program's overflow checks assumed |input| <= value_range (see `program`)."""
+        if bound is not None and bound > self.encoding.value_range:
+            raise ValueError(
+                f"{fn}: argument `x` holds values up to |x| = {bound:.6g}, outside the declared value_range "
+                f"{self.encoding.value_range:g} that served programs assume for their input (their products "
+                "could wrap or fail their truncation undetected); declare a larger value_range on both sides"
+            )
+
     def query(self, name: str, x: SharedTensor | Any) -> np.ndarray:
         """Runs served program `name` on this driver's input and reveals the output to this driver only.
 
@@ -653,9 +812,13 @@ class ABY3:
         """
         fn = "ABY3.query"
         if isinstance(x, SharedTensor):
-            answers = self._run("query", {"name": name, "input": self._check_own(x, fn, "x").id})
+            x = self._check_own(x, fn, "x")
+            self._check_query_input(fn, x.bound)
+            answers = self._run("query", {"name": name, "input": x.id})
         else:
-            answers = self._run("query", {"name": name}, self._split(x, fn, "x", self.frac_bits)[1])
+            array = self._numeric(x, fn, "x", integer=False)
+            self._check_query_input(fn, _plain_bounds(array, 0)[0] if array.size else 0.0)
+            answers = self._run("query", {"name": name}, self._split(array, fn, "x", self.frac_bits)[1])
         shapes = {tuple(meta["shape"]) for meta, _ in answers}
         if len(shapes) != 1:
             raise ProtocolError(f"ABY3.query: the servers disagree on the output shape: {sorted(shapes)}")
@@ -680,13 +843,23 @@ class ProgramBuilder(ABY3):
     _recording = True
 
     def _result(
-        self, op: str, args: dict, shape: Sequence[int], frac_bits: int, tensors=None, *, terms: bool = False
+        self,
+        op: str,
+        args: dict,
+        shape: Sequence[int],
+        frac_bits: int,
+        tensors=None,
+        *,
+        terms: bool = False,
+        bound: float | None = None,
+        norms: dict | None = None,
     ) -> SharedTensor:
         if tensors:
             raise ProtocolError(f"a program step cannot carry data ({op})")
+        _check_bound(f"ABY3 {op} (program step)", bound, frac_bits)  # at recording time: no query can wrap
         out = f"${len(self.steps)}"
         self.steps.append({"op": op, "args": {**args, "out": out}})
-        return SharedTensor(self, out, shape, frac_bits, terms=terms)
+        return SharedTensor(self, out, shape, frac_bits, terms=terms, bound=bound, norms=norms)
 
     def _check_own(self, x: Any, fn: str, arg: str, *, terms_ok: bool = False) -> SharedTensor:
         if not isinstance(x, SharedTensor):

@@ -23,18 +23,35 @@ class SharedTensor:
         terms: True for a product left unshared in a program (`matmul(..., reshare=False)`): each server holds one
             term of an additive sharing, so it can only be added to, reshaped, passed to relu and returned as the
             output.
+        bound: a public upper bound on |value| (in real units, at `frac_bits`), None if unknown (a handle made
+            by hand).  Set from the plaintext at share time, from the declared `value_range` for a program's
+            input, and propagated by every operation, which refuses a result whose bound could wrap the ring
+            (`FixedPointOverflowError`); `reveal` checks the revealed values against it.
     """
 
     __array_priority__ = 1000  # so that `ndarray + shared` defers to SharedTensor.__radd__
 
     def __init__(
-        self, protocol: "ABY3", share_id: str, shape: Sequence[int], frac_bits: int, *, terms: bool = False
+        self,
+        protocol: "ABY3",
+        share_id: str,
+        shape: Sequence[int],
+        frac_bits: int,
+        *,
+        terms: bool = False,
+        bound: float | None = None,
+        norms: dict[str, float] | None = None,
     ) -> None:
         self.protocol = protocol
         self.id = share_id
         self.shape = tuple(int(d) for d in shape)
         self.frac_bits = frac_bits
         self.terms = terms
+        self.bound = None if bound is None else float(bound)
+        # Tighter public bounds for products, known when the plaintext was at hand (shared or public values):
+        # "rows" max sum of |x| along the last axis, "cols" along axis -2, "filters" (rank 4, HWIO) per
+        # output channel over the window.  Dropped by every operation.
+        self._norms = norms or {}
 
     def __repr__(self) -> str:
         extra = ", terms=True" if self.terms else ""
