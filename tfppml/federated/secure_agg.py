@@ -25,8 +25,14 @@ secret shares; ``m = |H(u)|`` is `n` for the complete graph and ``k + 1`` otherw
    the ChaCha20 keystream as uint64 (:func:`tfppml.ops.prg_uniform`).
 3. **Unmasking.** The server announces who sent a masked input.  Each surviving client returns, for the
    clients whose shares it holds, its share of `b_v` for every `v` that sent an input and of `s_v` for every
-   `v` that dropped before sending one, never both for the same client (a client refuses a request that would
-   reveal both), and only if at least `t` of its own holders H(u) sent an input.  With `t` responses for each
+   `v` that dropped before sending one, never both for the same client, and only if at least `t` of its own
+   holders H(u) sent an input.  A client answers **at most one unmasking request per aggregation** (Bonawitz
+   et al., round 4): a second request with different sets is refused, otherwise a server could ask once with
+   "`v` survived" and once with "`v` dropped" and get both `b_v` and `s_v`, i.e. `v`'s update.  An identical
+   retry (the same two sets, in any order) gets the same answer again, which reveals nothing new.  It also
+   refuses a request whose sets overlap, name a client outside U2 (the clients whose shares were routed, the
+   set it masked with), leave out a client of U2 it holds shares of, list itself as dropped, or leave fewer
+   than `t` of its holders as survivors (:meth:`SecAggClient.unmasking_shares`).  With `t` responses for each
    needed secret the server rebuilds the missing seeds, removes the self masks of the senders and the
    pairwise masks that the dropped clients' neighbours added, and decodes the sum.
 
@@ -36,10 +42,14 @@ check this statistically), and any `t - 1` shares reveal nothing about a seed or
 
 Threat model: an honest-but-curious server and honest-but-curious clients.  With the complete graph,
 privacy holds against the server colluding with fewer than `t` clients (they learn nothing beyond the sum
-of the honest clients' inputs); an actively malicious server that lies about who dropped out is out of scope
-(Bonawitz et al.'s malicious variant adds a consistency check and signatures, which this module does not
-implement).  Correctness needs, for every secret to rebuild, at least `t` of its holders to answer the
-unmasking round; otherwise :meth:`SecAggServer.unmask` raises :class:`tfppml.errors.ProtocolError`.
+of the honest clients' inputs).  Against a server that lies about who dropped out, the once-per-round rule
+and the majority threshold (``t > m / 2``) mean honest clients never hand out both secrets of one client:
+asking the same clients twice is refused, and two disjoint groups of holders, one told "`v` survived" and
+one told "`v` dropped", cannot both reach `t`.  A lying server *colluding with clients* (which can answer
+both ways) is out of scope: Bonawitz et al.'s malicious variant adds a consistency check and signatures,
+which this module does not implement.  Correctness needs, for every secret to rebuild, at least `t` of its
+holders to answer the unmasking round; otherwise :meth:`SecAggServer.unmask` raises
+:class:`tfppml.errors.ProtocolError`.
 
 Sparse graph (``neighbours=k``, SecAgg+)
 ----------------------------------------
@@ -87,6 +97,7 @@ import math
 import numbers
 import secrets
 import struct
+import threading
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -612,6 +623,13 @@ class SecAggClient:
         self._channel_keys: dict[int, bytes] = {}
         self._pair_keys: dict[int, bytes] = {}
         self._sent_input = False
+        # U2 as this client masked with it (None: the clients whose shares it holds, see `_peers`).
+        self._senders: frozenset[int] | None = None
+        # The one unmasking request this client answers (survivors, dropped) and its answer; see
+        # `unmasking_shares`.  The lock makes check-and-record atomic if a server's requests race.
+        self._unmask_request: tuple[frozenset[int], frozenset[int]] | None = None
+        self._unmask_answer: UnmaskingShares | None = None
+        self._unmask_lock = threading.Lock()
 
     def advertise_keys(self) -> AdvertisedKeys:
         """Round 0: the public keys to broadcast through the server."""
@@ -738,6 +756,7 @@ class SecAggClient:
         if self._roster is None:
             raise ProtocolError(f"client {self.id}: masked_input called before share_keys")
         y = quantize(x, cfg.clip, cfg.frac_bits) + self._total_mask(self._peers(senders), cfg.vector_size)
+        self._senders = None if senders is None else frozenset(int(v) for v in senders)
         self._sent_input = True
         return y
 
@@ -802,46 +821,141 @@ class SecAggClient:
         }
         if mask_size is not None:
             material["mask"] = self._total_mask(active, _check_int("mask_size", mask_size, 1))
+        self._senders = None if senders is None else frozenset(int(v) for v in senders)
         self._sent_input = True
         return material
 
     def unmasking_shares(self, survivors: Sequence[int], dropped: Sequence[int]) -> UnmaskingShares:
         """Round 3: for the clients whose shares it holds, shares of `b_v` for every sender `v` and of `s_v`
-        for every dropped client `v`.
+        for every dropped client `v`.  Answered at most once per aggregation.
+
+        The first request that passes the checks below is recorded with its answer.  Asked again with the
+        same two sets (in any order, duplicates ignored) the client returns that same answer: a retry after a
+        lost reply reveals nothing new.  Asked with different sets it refuses, whatever they are: answering
+        "`v` survived" once and "`v` dropped" once would give the server both `b_v` and `s_v`, i.e. `v`'s
+        update (Bonawitz et al., CCS 2017: a client answers the unmasking round once).  A refused request is
+        not recorded, so it uses up nothing.
 
         Args:
-            survivors: Clients the server says sent a masked input (U3).
-            dropped: Clients the server says shared keys but sent no masked input (U2 minus U3).
+            survivors: Clients the server says sent a masked input (U3); must include this client.
+            dropped: Clients the server says shared keys but sent no masked input: exactly U2 minus U3 (U2 is
+                the `senders` this client masked with; if it was not given, only the clients whose shares this
+                client holds can be checked).
+
+        Returns:
+            The :class:`UnmaskingShares` (its arrays read-only).
 
         Raises:
-            ProtocolError: the two sets overlap (answering would reveal both secrets of a client), this
-                client did not send its input, or fewer than `threshold` of the clients holding this client's
-                shares (all clients, for the complete graph) are claimed to be survivors.
+            ProtocolError: (naming `survivors` or `dropped`) this client already answered a different
+                unmasking request; an id is not an int in ``range(num_clients)``; the two sets overlap
+                (answering would reveal both secrets of a client); an id is not in U2; a client of U2 whose
+                shares this client holds is in neither set; this client is not among the survivors; fewer than
+                `threshold` of the clients holding this client's shares (all clients, for the complete graph)
+                are claimed to be survivors; or this client did not send its input.
         """
-        surv, drop = set(survivors), set(dropped)
+        surv = self._client_id_set("survivors", survivors)
+        drop = self._client_id_set("dropped", dropped)
+        request = (surv, drop)
+        with self._unmask_lock:
+            if self._unmask_request is not None:
+                if request == self._unmask_request:
+                    return self._unmask_answer
+                first_surv, first_drop = self._unmask_request
+                raise ProtocolError(
+                    f"client {self.id}: refusing a second, different unmasking request in round "
+                    f"{self.config.round_id}: it already answered survivors={sorted(first_surv)}, "
+                    f"dropped={sorted(first_drop)}, now asked with survivors={sorted(surv)}, "
+                    f"dropped={sorted(drop)} (a client answers the unmasking round once: two different "
+                    f"answers could reveal both the self mask and the mask key of a client)"
+                )
+            self._check_unmask_request(surv, drop)
+            answer = self._unmask(surv, drop)
+            self._claim_unmask_request(request, answer)
+            return answer
+
+    def _client_id_set(self, name: str, ids) -> frozenset[int]:
+        n = self.config.num_clients
+        try:
+            items = list(ids)
+        except TypeError:
+            raise ProtocolError(
+                f"client {self.id}: {name} must be a sequence of client ids, got {type(ids).__name__}"
+            ) from None
+        bad = [
+            v for v in items if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v < n
+        ]
+        if bad:
+            raise ProtocolError(
+                f"client {self.id}: {name} must hold client ids, ints in [0, {n}), got {bad[:8]!r}"
+            )
+        return frozenset(int(v) for v in items)
+
+    def _check_unmask_request(self, surv: frozenset[int], drop: frozenset[int]) -> None:
+        cfg = self.config
         if surv & drop:
             raise ProtocolError(
                 f"client {self.id}: refusing to unmask: clients {sorted(surv & drop)} are listed both as "
-                f"survivors and as dropped, which would reveal both their self mask and their mask key"
+                f"survivors and as dropped (the survivors and dropped arguments overlap), "
+                f"which would reveal both their self mask and their mask key"
             )
         if not self._sent_input:
             raise ProtocolError(f"client {self.id}: asked to unmask before sending its masked input")
-        mine = set(self.config.holders_of(self.id))
+        if self.id not in surv:
+            where = "is listed in dropped" if self.id in drop else "is missing from survivors"
+            raise ProtocolError(
+                f"client {self.id}: refusing to unmask: this client sent its masked input but {where}"
+            )
+        mine = frozenset(cfg.holders_of(self.id))
+        # U2 as far as this client knows it: the senders it masked with, or (if none were given) the clients
+        # of H(u) whose shares it holds; ids outside H(u) can only be checked in the first case.
+        if self._senders is not None:
+            u2, scope = self._senders, None
+        else:
+            u2, scope = frozenset(self._held), mine
+        for name, ids in (("survivors", surv), ("dropped", drop)):
+            outside = sorted(v for v in ids if v not in u2 and (scope is None or v in scope))
+            if outside:
+                raise ProtocolError(
+                    f"client {self.id}: refusing to unmask: {name} lists clients {outside} that are not "
+                    f"in U2 (the clients whose shares were routed, {sorted(u2)})"
+                )
+        unlisted = sorted(v for v in u2 - surv - drop if scope is None or v in scope)
+        if unlisted:
+            raise ProtocolError(
+                f"client {self.id}: refusing to unmask: dropped must be U2 minus survivors, but clients "
+                f"{unlisted} of U2 are in neither survivors nor dropped"
+            )
         alive = len(surv & mine)
-        if alive < self.config.threshold:
+        if alive < cfg.threshold:
             raise ProtocolError(
                 f"client {self.id}: refusing to unmask: only {alive} survivors among the clients holding its "
-                f"shares, below the threshold {self.config.threshold}"
+                f"shares (in the survivors argument), below the threshold {cfg.threshold}"
             )
         missing = [v for v in (surv | drop) & mine if v not in self._held]
         if missing:
             raise ProtocolError(f"client {self.id}: holds no shares of clients {sorted(missing)}")
+
+    def _unmask(self, surv: frozenset[int], drop: frozenset[int]) -> UnmaskingShares:
+        mine = set(self.config.holders_of(self.id))
         x = self.id + 1
+
+        def frozen(a: np.ndarray) -> np.ndarray:
+            a = a.copy()
+            a.setflags(write=False)
+            return a
+
         return UnmaskingShares(
             self.id,
-            {v: (x, self._held[v][:SEED_CHUNKS]) for v in sorted(surv & mine)},
-            {v: (x, self._held[v][SEED_CHUNKS:]) for v in sorted(drop & mine)},
+            {v: (x, frozen(self._held[v][:SEED_CHUNKS])) for v in sorted(surv & mine)},
+            {v: (x, frozen(self._held[v][SEED_CHUNKS:])) for v in sorted(drop & mine)},
         )
+
+    def _claim_unmask_request(
+        self, request: tuple[frozenset[int], frozenset[int]], answer: UnmaskingShares
+    ) -> None:
+        """Records the one unmasking request this client answers (the once-per-round rule)."""
+        self._unmask_request = request
+        self._unmask_answer = answer
 
 
 # ------------------------------------------------------------------------------------------------ server
