@@ -159,6 +159,25 @@ class ServingPeriod:
             )
         return None
 
+    def check(self, rows: int) -> None:
+        """Raises what `admit(rows)` would raise now, reserving nothing (a server checks a query this way before
+        it spends a round agreeing on it with its peers, and admits it after)."""
+        self._check_rows(rows)
+        with self._lock:
+            refusal = self._refusal(rows)
+        if refusal is not None:
+            raise refusal
+
+    def _check_rows(self, rows: int) -> None:
+        _positive_int(rows, f"serving {self.name!r}: the query's rows")
+        if self.batch_size is not None and rows != self.batch_size:
+            raise PolicyDenied(
+                f"{self.name!r} declares batch size {self.batch_size}: a query of {rows} rows is refused (send "
+                f"exactly {self.batch_size} row(s) per query)"
+            )
+        if self.max_rows is not None and rows > self.max_rows:
+            raise PolicyDenied(f"{self.name!r} accepts at most {self.max_rows} rows per query, got {rows}")
+
     @contextlib.contextmanager
     def admit(self, rows: int) -> Iterator[None]:
         """Admits one query of `rows` input rows for the duration of the `with` body.
@@ -177,14 +196,7 @@ class ServingPeriod:
             >>> with period.admit(64):
             ...     pass
         """
-        _positive_int(rows, f"serving {self.name!r}: the query's rows")
-        if self.batch_size is not None and rows != self.batch_size:
-            raise PolicyDenied(
-                f"{self.name!r} declares batch size {self.batch_size}: a query of {rows} rows is refused (send "
-                f"exactly {self.batch_size} row(s) per query)"
-            )
-        if self.max_rows is not None and rows > self.max_rows:
-            raise PolicyDenied(f"{self.name!r} accepts at most {self.max_rows} rows per query, got {rows}")
+        self._check_rows(rows)
         with self._lock:
             refusal = self._refusal(rows)
             if refusal is not None:

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import tfppml.mpc as mpc
-from tfppml.mpc import runtime
+from tfppml.mpc.primitives import fss
 from tfppml.mpc.tensor import SharedTensor
 
 from .conftest import RES, product_tolerance
@@ -26,9 +26,9 @@ def test_relu_random(prot, rng):
     np.testing.assert_allclose(prot.reveal(mpc.relu(prot.share(x))), np.maximum(x, 0), atol=RES)
 
 
-# ReLUs of up to runtime.FSS_RELU_MAX_SIZE elements run the function-secret-sharing protocol, larger ones the
+# ReLUs of up to fss.FSS_RELU_MAX_SIZE elements run the function-secret-sharing protocol, larger ones the
 # binary adder: both sizes on both back ends (the networked servers keep their default threshold).
-@pytest.mark.parametrize("size", [64, runtime.FSS_RELU_MAX_SIZE + 1])
+@pytest.mark.parametrize("size", [64, fss.FSS_RELU_MAX_SIZE + 1])
 def test_relu_exact_on_both_paths_including_edges(prot, rng, size):
     bound = prot.encoding.bound
     edges = np.array([0.0, RES, -RES, 1.0, -1.0, bound - 1, -(bound - 1), 123.456, -0.0001, 2 * RES, -2 * RES])
@@ -37,7 +37,7 @@ def test_relu_exact_on_both_paths_including_edges(prot, rng, size):
     np.testing.assert_array_equal(prot.reveal(mpc.relu(prot.share(x))), expected)
 
 
-@pytest.mark.parametrize("size", [300, runtime.FSS_RELU_MAX_SIZE + 1])
+@pytest.mark.parametrize("size", [300, fss.FSS_RELU_MAX_SIZE + 1])
 def test_relu_of_an_untruncated_value_truncates_it(prot, rng, size):
     # Integers read as fixed point with 2f fractional bits (an unshared product's scale): the ReLU divides them
     # by 2^f, off by at most one unit, and the small-tensor protocol rounds stochastically (no bias).
@@ -51,7 +51,7 @@ def test_relu_of_an_untruncated_value_truncates_it(prot, rng, size):
     exact = np.maximum(raw, 0) / 2.0**16
     error = got - exact
     assert np.all(np.abs(error) < 1), error[np.abs(error) >= 1]
-    if size <= runtime.FSS_RELU_MAX_SIZE:
+    if size <= fss.FSS_RELU_MAX_SIZE:
         # Exact where there is nothing to round: multiples of 2^f and negative values.
         assert got[[0, 2, 3, 5]].tolist() == [0, 0, 1, 0]
         positive = raw > 0

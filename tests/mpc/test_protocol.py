@@ -1,5 +1,7 @@
 """Arithmetic protocols against float64 NumPy within the stated fixed-point error bounds."""
 
+import gc
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 import tfppml.mpc as mpc
 from tfppml.errors import PolicyDenied
 from tfppml.mpc import ABY3, SharedTensor
+from tfppml.mpc.shares import ShareKind
 
 from .conftest import RES, product_tolerance
 
@@ -125,13 +128,13 @@ def test_reveal_to_a_named_party_returns_nothing_to_the_driver(inprocess, rng):
     s = inprocess.share(x)
     assert inprocess.reveal(s, to="server1") is None
     party = inprocess.backend.parties[1]
-    plain = [v for k, v in party.store.items() if v.kind == "plain"]
+    plain = [v for k, v in party.store.items() if v.kind is ShareKind.PLAIN]
     assert plain, "server1 should hold the revealed plaintext"
     from tfppml import ops
 
     np.testing.assert_allclose(ops.fixed_point_decode(plain[-1].a).numpy(), x, atol=RES / 2)
     for other in (0, 2):
-        assert not any(v.kind == "plain" for v in inprocess.backend.parties[other].store.values())
+        assert not any(v.kind is ShareKind.PLAIN for v in inprocess.backend.parties[other].store.values())
 
 
 def test_freed_shares_leave_the_servers(inprocess):
@@ -199,6 +202,22 @@ def test_query_takes_a_shared_input_or_an_array_and_leaves_nothing_behind(inproc
     assert [set(p.store) for p in inprocess.backend.parties] == stores
     with pytest.raises(TypeError, match="ABY3.query.*`x` must be numeric"):
         inprocess.query("lin", "abc")
+
+
+def test_a_registered_program_pins_the_tensors_it_reads(inprocess):
+    # Handles the caller drops (weights of a temporary, a public constant) must not be freed under the program.
+    w = inprocess.share(np.array([[1.0, -2.0], [0.5, 3.0]]))
+    builder, x = inprocess.program([1, 2])
+    inprocess.register_program("pinned", mpc.relu(x @ w) * 2.0)
+    with pytest.raises(ValueError, match=r"ABY3.free: argument `x` .* read by the registered program\(s\) \['pinned'\]"):
+        w.free()
+    del w, builder, x
+    gc.collect()
+    inprocess.share(np.ones(1))  # a command that carries the released handles to the servers
+    inprocess.serve("pinned", 1)
+    value = np.array([[2.0, 1.0]])
+    expected = 2 * np.maximum(value @ np.array([[1.0, -2.0], [0.5, 3.0]]), 0)
+    np.testing.assert_allclose(inprocess.query("pinned", value), expected, atol=8 * RES)
 
 
 # --- a program's last layer left unshared (reshare=False) ------------------------------------------------------

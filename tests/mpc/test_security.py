@@ -16,6 +16,7 @@ from scipy import stats
 import tfppml.mpc as mpc
 from tfppml import ops
 from tfppml.mpc import runtime
+from tfppml.mpc.primitives import fss, resharing
 
 N = 4096
 TOP_BITS = 4
@@ -140,7 +141,7 @@ def test_broken_variant_without_randomness_is_detected(monkeypatch):
 
 def test_broken_variant_with_unmasked_truncation_is_detected(monkeypatch):
     """The two-round truncation (used for large tensors), with P0's message to P2 left unmasked."""
-    monkeypatch.setattr(runtime, "ONE_ROUND_TRUNC_MAX_SIZE", 0)
+    monkeypatch.setattr(resharing, "ONE_ROUND_TRUNC_MAX_SIZE", 0)
     original = runtime.OpContext.reshare
 
     def leaky_reshare(self, z, label, trunc_bits=0):
@@ -165,11 +166,11 @@ def test_broken_variant_with_unmasked_truncation_is_detected(monkeypatch):
 
 def test_both_truncation_protocols_are_checked():
     """N is small enough for the one-round truncation; the two-round one is checked on the same computation."""
-    assert N <= runtime.ONE_ROUND_TRUNC_MAX_SIZE
+    assert N <= resharing.ONE_ROUND_TRUNC_MAX_SIZE
 
 
 def test_views_are_independent_with_the_two_round_truncation(monkeypatch):
-    monkeypatch.setattr(runtime, "ONE_ROUND_TRUNC_MAX_SIZE", 0)
+    monkeypatch.setattr(resharing, "ONE_ROUND_TRUNC_MAX_SIZE", 0)
     assert_views_independent(run_and_record(3.7), run_and_record(-3.7))
 
 
@@ -242,7 +243,7 @@ def test_broken_bit_injection_without_masks_is_detected(monkeypatch):
     assert np.all((d == u) | (d == runtime.rneg(u)))
 
 
-# --- The function-secret-sharing ReLU (tensors of up to runtime.FSS_RELU_MAX_SIZE elements) -----------------
+# --- The function-secret-sharing ReLU (tensors of up to fss.FSS_RELU_MAX_SIZE elements) -----------------
 # P0 deals DCF keys and receives nothing; P1 and P2 see the opened c = x + r, one key, the other evaluator's
 # masked term and masked output share.  The dealer's message is [c-part, (P2: its share of r >> d), keys]: its
 # keys enter the view as a few columns of correction words (a level's seed and payload corrections, the
@@ -251,7 +252,7 @@ _KEY_COLUMNS = [0, 1, 2, 3, 252, 255, 256, 257, 258, 259]
 
 
 def _fss_views(secret: float, monkeypatch):
-    monkeypatch.setattr(runtime, "FSS_RELU_MAX_SIZE", N)
+    monkeypatch.setattr(fss, "FSS_RELU_MAX_SIZE", N)
     prot = mpc.ABY3()
     received = {i: [] for i in range(3)}
     try:

@@ -213,3 +213,49 @@ def test_discard_pending_drops_leftovers_of_a_failed_run(parties):
     with pytest.raises(ProtocolError, match="already received"):
         s1.recv("server0", "run1/a", timeout=0.2)
     assert s1.discard_pending() == 0
+
+
+def test_cancelling_a_scope_wakes_its_receivers_here_and_at_the_peers(parties):
+    from tfppml.errors import QueryCancelled
+
+    a, b, c = parties["server0"], parties["server1"], parties["server2"]
+    errors = {}
+
+    def wait(channel, frm, name):
+        start = time.monotonic()
+        try:
+            channel.recv(frm, "run7|round1", timeout=10)
+        except Exception as err:  # noqa: BLE001 - inspected below
+            errors[name] = (err, time.monotonic() - start)
+
+    waiters = [threading.Thread(target=wait, args=(b, "server2", "b")), threading.Thread(target=wait, args=(c, "server1", "c"))]
+    for t in waiters:
+        t.start()
+    time.sleep(0.2)
+    a.cancel("run7", "server0 failed it")
+    for t in waiters:
+        t.join(5)
+    assert set(errors) == {"b", "c"}
+    for err, seconds in errors.values():
+        assert isinstance(err, QueryCancelled) and "server0" in str(err) and seconds < 3
+    # Late messages of the scope are dropped where they arrive; later receives fail at once; other scopes work.
+    b.send("server2", "run7|round2", np.ones(2))
+    with pytest.raises(QueryCancelled):
+        c.recv("server1", "run7|round2", timeout=1)
+    b.send("server2", "run8|round1", np.ones(2))
+    np.testing.assert_array_equal(c.recv("server1", "run8|round1", timeout=2), np.ones(2))
+    a.cancel("run7", "again")  # once per scope: nothing more is sent
+
+
+def test_a_cancelled_scope_drops_what_was_waiting():
+    from tfppml.net.mailbox import Mailbox
+
+    box = Mailbox("server1")
+    box.put("server0", "s|x", np.ones(1))
+    box.put("server0", "t|x", np.ones(1))
+    assert box.cancel("s", "test") and not box.cancel("s", "again")
+    assert box.pending == 1
+    box.put("server0", "s|y", np.ones(1))  # dropped
+    assert box.pending == 1
+    box.put("server2", "t|!cancel", np.zeros(0, np.uint64))  # a peer cancels t
+    assert box.pending == 0

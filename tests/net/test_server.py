@@ -45,7 +45,7 @@ class Recorder:
 def worker(cert_dir):
     config = loopback_config(cert_dir)
     service = Recorder()
-    server = WorkerServer("server0", config, service, max_concurrent_calls=2)
+    server = WorkerServer("server0", config, service, max_concurrent_calls=2, max_calls_per_identity=2)
     server.start()
     yield config, server, service
     service.release.set()
@@ -228,6 +228,36 @@ def test_busy_worker_refuses_extra_calls_but_still_takes_peer_messages(worker, c
     for party in parties:
         party.close()
     peer.close()
+
+
+def test_one_identity_cannot_hold_every_call_slot(cert_dir):
+    config = loopback_config(cert_dir)
+    service = Recorder()
+    server = WorkerServer("server0", config, service, max_concurrent_calls=4, max_calls_per_identity=1)
+    server.start()
+    try:
+        flooder = [RemoteParty("server0", config, "driver") for _ in range(2)]
+        pending = flooder[0].call_async({"op": "block"}, timeout=5)
+        time.sleep(0.3)
+        with pytest.raises(PartyUnavailableError, match="busy for 'driver'"):
+            flooder[1].call({"op": "x"})
+        # Another identity is still served while the flooder holds its one slot.
+        with RemoteParty("server0", config, "model_owner") as owner:
+            assert owner.call({"op": "ping"})[0]["caller"] == "model_owner"
+        service.release.set()
+        assert pending.result()[0]["ok"]
+        for party in flooder:
+            party.close()
+    finally:
+        service.release.set()
+        server.stop(grace=0)
+
+
+def test_per_identity_call_slots_are_checked(cert_dir):
+    config = loopback_config(cert_dir)
+    for bad in (0, 5, True, "2"):
+        with pytest.raises(ValueError, match="max_calls_per_identity"):
+            WorkerServer("server0", config, Recorder(), max_concurrent_calls=4, max_calls_per_identity=bad)
 
 
 def _stream_of(config, cert_dir, name, messages):

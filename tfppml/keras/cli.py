@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("model", metavar="MODEL", help="Keras model file (.h5 or .keras)")
     serve.add_argument("--cluster", required=True, metavar="CLUSTER_JSON", help="the cluster's configuration")
-    serve.add_argument("--num-requests", type=int, required=True, metavar="N", help="predictions to serve")
+    serve.add_argument("--num-requests", type=int, required=True, metavar="N", help="input rows to answer (a query of k rows spends k)")
     serve.add_argument("--name", default="model", help="name clients query (default: model)")
     serve.add_argument("--identity", default="model_owner", help="certificate identity (default: model_owner)")
     serve.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
@@ -68,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model.share(cluster, name=args.name, identity=args.identity)
     print(f"shared {args.model} as {args.name!r} in {time.perf_counter() - start:.2f} s; serving "
-          f"{args.num_requests} request(s)", flush=True)
+          f"{args.num_requests} input row(s)", flush=True)
     served = model.serve(args.num_requests, timeout=args.timeout)
     print(f"served {served} request(s)", flush=True)
     return 0

@@ -51,7 +51,7 @@ def _check_protocol(protocol: str, fn: str) -> str:
     return protocol
 
 
-def _protocol(cluster: Any, identity: str, frac_bits: int, fn: str) -> ABY3:
+def _protocol(cluster: Any, identity: str, frac_bits: int, fn: str, *, setup: bool = True) -> ABY3:
     if isinstance(cluster, ABY3):
         return cluster
     if cluster is None or not hasattr(cluster, "remote"):
@@ -59,7 +59,7 @@ def _protocol(cluster: Any, identity: str, frac_bits: int, fn: str) -> ABY3:
             f"{fn}: argument `cluster` must be a started tfppml.Cluster (or a tfppml.mpc.ABY3), got "
             f"{type(cluster).__name__}"
         )
-    return ABY3(cluster, frac_bits, identity=identity)
+    return ABY3(cluster, frac_bits, identity=identity, setup=setup)
 
 
 @dataclasses.dataclass
@@ -110,7 +110,8 @@ def _share(self: tf.keras.Model, cluster: Any, *, name: str = DEFAULT_MODEL_NAME
     builder, x = protocol.program((1, *input_shape[1:]))
     context = ConversionContext(builder)
     y = convert(self, context, x)
-    protocol.register_program(name, y)
+    # A model built with a fixed batch (batch_input_shape) accepts exactly that many rows per query.
+    protocol.register_program(name, y, batch_size=input_shape[0])
     self._tfppml_shared = _SharedModel(protocol, name, context, tuple(y.shape[1:]))
     return self
 
@@ -127,7 +128,9 @@ def _serve(self: tf.keras.Model, num_requests: int = 1, *, block: bool = True, t
     """Serves private predictions.
 
     Args:
-        num_requests: how many queries to answer in this serving period.
+        num_requests: how many inputs (rows of the query batches, not calls) to answer in this serving period:
+            the owner's bound on what clients can learn about the model.  A model with a declared batch size
+            (batch_input_shape) accepts queries of exactly that many rows.
         block: wait until they were answered (True) or return at once (serve in the background; call
             `model.stop()` to end early).
         timeout: with block=True, seconds to wait at most (None: forever); on expiry serving is stopped and
@@ -136,7 +139,7 @@ def _serve(self: tf.keras.Model, num_requests: int = 1, *, block: bool = True, t
         protocol: optional check: the protocol the model was shared with ("aby3" or "ckks").
 
     Returns:
-        The number of queries answered so far in this period.
+        The number of rows answered so far in this period.
     """
     state = _state(self, "serve")
     if protocol is not None and _check_protocol(protocol, "Model.serve") != state.kind:
@@ -156,12 +159,12 @@ def _serve(self: tf.keras.Model, num_requests: int = 1, *, block: bool = True, t
             return status["served"]
         if deadline is not None and time.monotonic() > deadline:
             served = state.protocol.stop_serving(state.name)
-            raise TimeoutError(f"Model.serve: answered {served} of {num_requests} requests in {timeout} s")
+            raise TimeoutError(f"Model.serve: answered {served} of {num_requests} rows in {timeout} s")
         time.sleep(poll_interval)
 
 
 def _stop(self: tf.keras.Model) -> int:
-    """Stops serving (queries already admitted finish); returns how many were answered in this period."""
+    """Stops serving (queries already admitted finish); returns how many rows were answered in this period."""
     state = _state(self, "stop")
     return state.protocol.stop_serving(state.name)
 
@@ -242,7 +245,8 @@ class Client:
             self.protocol = serving
             return self
         self.he_context = None
-        self.protocol = _protocol(cluster, self.identity, frac_bits, "Client.connect_to_model")
+        # A client only queries: the queries run under the model owner's set-up, and the servers refuse it the rest.
+        self.protocol = _protocol(cluster, self.identity, frac_bits, "Client.connect_to_model", setup=False)
         return self
 
     def query_model(self, x: Any) -> np.ndarray:

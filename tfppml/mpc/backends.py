@@ -36,8 +36,9 @@ class InProcessBackend:
     then unusable (its parties' states may disagree) and says so.
     """
 
-    def __init__(self, names: Sequence[str] = DEFAULT_NAMES, timeout: float = 30.0) -> None:
+    def __init__(self, names: Sequence[str] = DEFAULT_NAMES, timeout: float = 30.0, caller: str = "driver") -> None:
         self.names = tuple(names)
+        self.caller = caller
         self._channels = make_local_channels(self.names, timeout=timeout)
         self.parties = [PartyRuntime(i, list(self.names), self._channels[n]) for i, n in enumerate(self.names)]
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=NUM_PARTIES, thread_name_prefix="party")
@@ -50,7 +51,7 @@ class InProcessBackend:
             )
         inputs = _per_party(tensors)
         futures = [
-            self._pool.submit(party.handle, "driver", meta, {k: np.asarray(v) for k, v in inputs[i].items()})
+            self._pool.submit(party.handle, self.caller, meta, {k: np.asarray(v) for k, v in inputs[i].items()})
             for i, party in enumerate(self.parties)
         ]
         concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
@@ -95,10 +96,22 @@ class NetworkBackend:
         # Raise the first failure to happen, not party 0's: a party that fails stops sending, and the others then
         # fail later with timeouts waiting for it, which would hide the cause.
         done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-        for future in sorted(done, key=futures.index):
-            if future.exception() is not None:
-                raise future.exception()
+        failed = [f for f in sorted(done, key=futures.index) if f.exception() is not None]
+        if failed:
+            if len(done) < NUM_PARTIES:
+                # The others may be waiting for the failed server's messages: cancel the command there (the
+                # failed server has told them too; this covers a server that died without a word).
+                self._cancel(meta)
+            raise failed[0].exception()
         return [f.result() for f in futures]
+
+    def _cancel(self, meta: dict) -> None:
+        cancel = {"op": "cancel", "op_id": f"{meta.get('op_id')}.cancel", "args": {"op_id": meta.get("op_id")}}
+        for remote in self._remotes:
+            try:
+                remote.call(cancel, {})
+            except Exception:  # noqa: BLE001 - best effort: the failure being raised is the one that matters
+                pass
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

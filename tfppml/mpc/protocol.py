@@ -156,7 +156,10 @@ class ABY3:
             `tfppml.mpc.encoding`); the defaults allow frac_bits <= 17.
         timeout: seconds a party waits for a peer before failing (in-process back end; a cluster has its own).
         identity: the certificate identity this driver presents to a cluster ("driver", "model_owner",
-            "client", ...); shared tensors belong to the identity that made them and only it may use them.
+            "client", ...); shared tensors belong to the identity that made them and only it may use them.  Only
+            the cluster's `owners` may set up and compute; any other identity may only `query` served programs.
+        setup: run the set-up (fresh correlated-randomness keys at the servers).  A client that only queries
+            served programs passes False (the queries run under the program owner's set-up).
 
     Raises:
         ValueError: for bad arguments.
@@ -172,7 +175,10 @@ class ABY3:
         max_failure: float = 2.0**-20,
         timeout: float = 30.0,
         identity: str = "driver",
+        setup: bool = True,
     ) -> None:
+        if not isinstance(setup, bool):
+            raise TypeError(f"ABY3: argument `setup` must be a bool, got {type(setup).__name__}")
         try:
             self.encoding = FixedPointEncoding(frac_bits, max_bits, value_range, max_failure)
         except ValueError as err:
@@ -186,7 +192,11 @@ class ABY3:
         self._counter = itertools.count()
         self._release: list[str] = []
         self._release_lock = threading.Lock()
-        self._run("setup", {})
+        self._programs: dict[str, list[SharedTensor]] = {}  # name -> the stored tensors its program reads
+        # The set-up id names this instance's correlated randomness at the servers; every command carries it.
+        self._setup_id = secrets.token_hex(16)
+        if setup:
+            self._run("setup", {"setup_id": self._setup_id})
 
     @property
     def frac_bits(self) -> int:
@@ -209,7 +219,7 @@ class ABY3:
     def _run(self, op: str, args: dict, tensors: Sequence[dict] | None = None) -> list[tuple[dict, dict]]:
         with self._release_lock:
             release, self._release = self._release, []
-        meta = {"op": op, "op_id": self._new_id("op"), "args": args}
+        meta = {"op": op, "op_id": self._new_id("op"), "args": args, "session": self._setup_id}
         if release:
             meta["release"] = release  # handles garbage-collected since the last command: freed on the way
         return self.backend.run(meta, tensors)
@@ -429,7 +439,14 @@ class ABY3:
 
     def free(self, x: SharedTensor) -> None:
         """Deletes a shared tensor's shares at the servers."""
-        self._run("free", {"ids": [self._check_own(x, "ABY3.free", "x", terms_ok=True).id]})
+        x = self._check_own(x, "ABY3.free", "x", terms_ok=True)
+        users = sorted(name for name, pinned in self._programs.items() if any(t is x for t in pinned))
+        if users:
+            raise ValueError(
+                f"ABY3.free: argument `x` ({x.id}) is read by the registered program(s) {users}; it cannot be "
+                "freed while they are registered"
+            )
+        self._run("free", {"ids": [x.id]})
 
     # --- arithmetic -------------------------------------------------------------------------------------
     def add(self, x: Operand, y: Operand) -> SharedTensor:
@@ -765,32 +782,53 @@ class ABY3:
         constants become shared constants owned by this driver.  Finish with `register_program`.
         """
         builder = ProgramBuilder(self)
+        builder.input_shape = tuple(int(d) for d in input_shape)
         bits = self.frac_bits if frac_bits is None else frac_bits
         # The input is the client's, unseen here: its declared range bounds everything the program computes.
         return builder, SharedTensor(builder, "$input", input_shape, bits, bound=self.encoding.value_range)
 
-    def register_program(self, name: str, output: SharedTensor) -> None:
-        """Stores the program that computes `output` (recorded with `program`) at the servers as `name`."""
+    def register_program(self, name: str, output: SharedTensor, *, batch_size: int | None = None) -> None:
+        """Stores the program that computes `output` (recorded with `program`) at the servers as `name`.
+
+        Args:
+            name: the program's name.
+            output: the recorded output; the servers return its terms to each querying client.
+            batch_size: the batch every query must have (a Keras model's declared batch size); None: any batch,
+                each row counted against the serving period's quota.  Queries must match the recorded input's
+                other dimensions.
+        """
+        fn = "ABY3.register_program"
         builder = output.protocol
         if not isinstance(builder, ProgramBuilder) or builder.real is not self:
-            raise ValueError("ABY3.register_program: argument `output` must come from this protocol's program()")
+            raise ValueError(f"{fn}: argument `output` must come from this protocol's program()")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"{fn}: argument `batch_size` must be None or an int >= 1, got {batch_size!r}")
         steps = builder.steps_for(output)
-        self._run("register_program", {"name": name, "steps": steps, "output_frac_bits": output.frac_bits})
+        input_shape = [-1 if batch_size is None else batch_size, *builder.input_shape[1:]]
+        self._run("register_program", {"name": name, "steps": steps, "output_frac_bits": output.frac_bits,
+                                       "input_shape": input_shape})
+        # The servers' program reads these stored tensors (weights, constants) by id: while it is registered
+        # their handles must not be garbage-collected, which would free them under it.
+        self._programs[name] = list(builder.constants)
 
     def serve(self, name: str, num_requests: int) -> None:
-        """Lets clients run program `name` on their own inputs, `num_requests` times (a new serving period)."""
-        if isinstance(num_requests, bool) or not isinstance(num_requests, int) or num_requests < 0:
-            raise ValueError(f"ABY3.serve: argument `num_requests` must be a non-negative int, got {num_requests!r}")
+        """Lets clients run program `name` on `num_requests` input rows (a new serving period, ending the current
+        one): the quota counts rows, so one query of 100 rows spends 100."""
+        if isinstance(num_requests, bool) or not isinstance(num_requests, int) or num_requests < 1:
+            raise ValueError(f"ABY3.serve: argument `num_requests` must be an int >= 1 (input rows), got {num_requests!r}")
         self._run("serve", {"name": name, "num_requests": num_requests})
 
     def stop_serving(self, name: str) -> int:
-        """Ends the serving period of `name` (queries already admitted finish); returns how many were answered."""
+        """Ends the serving period of `name` (queries already admitted finish); returns the rows answered."""
         return min(meta["served"] for meta, _ in self._run("stop_serving", {"name": name}))
 
-    def program_status(self, name: str) -> dict[str, int]:
-        """{"quota", "started", "served"} of the current serving period (the least advanced server's view)."""
+    def program_status(self, name: str) -> dict[str, Any]:
+        """{"serving", "quota", "started", "served"} of the current serving period in input rows (the least
+        advanced server's view; serving only if all three serve)."""
         answers = self._run("program_status", {"name": name})
-        return {key: min(meta[key] for meta, _ in answers) for key in ("quota", "started", "served")}
+        status: dict[str, Any] = {key: min(meta[key] for meta, _ in answers) for key in ("quota", "started", "served")}
+        status["serving"] = all(meta["serving"] for meta, _ in answers)
+        return status
 
     def _check_query_input(self, fn: str, bound: float | None) -> None:
         """A served program's overflow checks assumed |input| <= value_range (see `program`)."""
@@ -866,7 +904,10 @@ class ProgramBuilder(ABY3):
             raise TypeError(f"{fn}: argument `{arg}` must be a SharedTensor, got {type(x).__name__}")
         if x.protocol is not self and x.protocol is not self.real:
             raise ValueError(f"{fn}: argument `{arg}` belongs to another protocol instance")
-        return _check_terms(x, fn, arg, terms_ok)
+        x = _check_terms(x, fn, arg, terms_ok)
+        if x.protocol is self.real:
+            self.constants.append(x)  # a stored tensor the program reads: pinned while it is registered
+        return x
 
     def _operand(
         self, value: Operand, fn: str, arg: str, *, frac_bits: int | None = None, terms_ok: bool = False

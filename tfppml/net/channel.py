@@ -37,7 +37,7 @@ from tfppml.errors import PartyUnavailableError, ProtocolError
 from tfppml.net import codec
 from tfppml.net.certs import Identity
 from tfppml.net.config import ClusterConfig
-from tfppml.net.mailbox import DEFAULT_HISTORY, Mailbox, check_tag
+from tfppml.net.mailbox import CANCEL_LABEL, DEFAULT_HISTORY, Mailbox, check_tag
 from tfppml.net.transport import PING, STREAM, raise_for_rpc_error, secure_channel
 
 __all__ = ["Channel", "PeerChannel", "check_array", "check_timeout"]
@@ -207,6 +207,26 @@ class PeerChannel:
         if not isinstance(prefix, str):
             raise TypeError(f"`prefix` must be a str, got {type(prefix).__name__}")
         return self._mailbox.discard(prefix)
+
+    def cancel(self, scope: str, reason: str) -> None:
+        """Cancels the protocol run `scope` (tags "SCOPE|..."): its receivers here and at the peers fail at once,
+        and its messages still on their way are dropped where they arrive (see `tfppml.net.mailbox`)."""
+        if not self._mailbox.cancel(scope, reason):
+            return
+        for peer in self.parties:
+            if peer != self._name:
+                try:
+                    self.send(peer, f"{scope}|{CANCEL_LABEL}", np.zeros(0, dtype=np.uint64))
+                except (PartyUnavailableError, ProtocolError):
+                    pass  # a peer that is down has nothing running to cancel
+
+    def refresh(self) -> None:
+        """Forgets streams that broke (their failure was reported, or nobody sent since): the next send opens a
+        new one.  A set-up calls this first, so that a peer restarted since the last message is rejoined
+        instead of failing the set-up once."""
+        with self._lock:
+            for peer in [p for p, stream in self._streams.items() if stream.broken]:
+                del self._streams[peer]
 
     def close(self) -> None:
         """Ends the streams (after what was queued has gone) and closes connections; later sends raise."""

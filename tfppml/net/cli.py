@@ -70,6 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     config.add_argument(
         "--max-message-bytes", type=int, default=None, help="largest message (default 256 MiB)"
     )
+    config.add_argument(
+        "--owners", default="driver,model_owner", metavar="A,B",
+        help="identities that may set up and serve (comma-separated; default driver,model_owner); every other "
+        "identity may only query served models",
+    )
     config.add_argument("--out", required=True, metavar="FILE", help="where to write cluster.json")
     config.set_defaults(func=_run_config)
     cluster.set_defaults(func=lambda args: (cluster.print_help(), 2)[1])
@@ -127,9 +132,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument(
         "--max-concurrent-calls",
         type=int,
-        default=8,
+        default=16,
         metavar="N",
-        help="driver calls served at once (default 8)",
+        help="driver calls served at once (default 16)",
+    )
+    worker.add_argument(
+        "--max-calls-per-identity",
+        type=int,
+        default=None,
+        metavar="N",
+        help="of those, the most one identity may hold at once (default a quarter of --max-concurrent-calls)",
     )
     worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     worker.set_defaults(func=_run_worker)
@@ -170,6 +182,7 @@ def _run_config(args: argparse.Namespace) -> int:
             cert_dir=os.path.relpath(Path(args.cert_dir).resolve(), out.parent.resolve()),
             timeout=args.timeout,
             max_message_bytes=args.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
+            owners=tuple(o.strip() for o in args.owners.split(",") if o.strip()),
             source="tfppml cluster config",
         )
     except (TypeError, ValueError) as err:
@@ -217,6 +230,7 @@ def _run_worker(args: argparse.Namespace) -> int:
             service,
             listen=listen,
             max_concurrent_calls=args.max_concurrent_calls,
+            max_calls_per_identity=args.max_calls_per_identity,
             service_options=options or None,
         )
         port = server.start()

@@ -39,6 +39,7 @@ from tfppml.net.certs import Identity, check_identity_name, generate_certificate
 from tfppml.net.client import RemoteParty
 from tfppml.net.config import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_OWNERS,
     DEFAULT_TIMEOUT,
     ClusterConfig,
     load_config,
@@ -87,6 +88,8 @@ class Cluster:
       timeout: Cluster timeout in seconds (calls, peer messages; a dead party is reported after this long).
       max_message_bytes: Largest message.
       identities: Driver identities to create certificates for (auto-managed, without `cert_dir`).
+      owners: Identities the services treat as owners (default driver and model_owner): the MPC servers let
+        only them set up and serve; every other identity may only query (see docs/mpc.md).
       start_timeout: Seconds `start()` waits for all workers.
       service_options: `--option KEY=VALUE` pairs passed to the service factory.
 
@@ -103,6 +106,7 @@ class Cluster:
         timeout: float = DEFAULT_TIMEOUT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         identities: Sequence[str] = DEFAULT_IDENTITIES,
+        owners: Sequence[str] = DEFAULT_OWNERS,
         start_timeout: float = 120.0,
         service_options: Mapping[str, str] | None = None,
     ) -> None:
@@ -132,7 +136,7 @@ class Cluster:
         self._start_timeout = float(start_timeout)
         self._service_options = dict(service_options or {})
         # Validated now (ports 0 are placeholders until start() picks real ones).
-        self._settings = {"timeout": timeout, "max_message_bytes": max_message_bytes}
+        self._settings = {"timeout": timeout, "max_message_bytes": max_message_bytes, "owners": tuple(owners)}
         self._config: ClusterConfig | None = None
         if not auto_managed:
             self._config = self._make_config(
@@ -275,6 +279,7 @@ class Cluster:
             cert_dir=cert_dir if cert_dir is not None else Path("."),
             timeout=self._settings["timeout"],
             max_message_bytes=self._settings["max_message_bytes"],
+            owners=self._settings["owners"],
             source="Cluster",
         )
 

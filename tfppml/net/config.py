@@ -35,11 +35,13 @@ from tfppml.net.certs import check_identity_name
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_TIMEOUT", "ClusterConfig", "load_config", "parse_address"]
 
 DEFAULT_TIMEOUT = 30.0
+#: Identities that may set up computations and serve models by default (every other identity only queries).
+DEFAULT_OWNERS = ("driver", "model_owner")
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 # gRPC cannot carry a message of 2 GiB or more.
 _MAX_MAX_MESSAGE_BYTES = 2**31 - 1 - 64 * 1024
 _MIN_MAX_MESSAGE_BYTES = 1024
-_FIELDS = ("parties", "cert_dir", "timeout", "max_message_bytes")
+_FIELDS = ("parties", "cert_dir", "timeout", "max_message_bytes", "owners")
 
 
 def parse_address(address: object, *, arg: str = "address", allow_port_zero: bool = False) -> tuple[str, int]:
@@ -79,6 +81,8 @@ class ClusterConfig:
       cert_dir: Directory holding ca.crt and the identities' keys and certificates.
       timeout: Default seconds for calls and for waiting on a peer's message.
       max_message_bytes: Largest message accepted or sent.
+      owners: Identities the services treat as owners (the MPC servers let them set up, share, compute and
+        serve; every other identity may only query served programs).
 
     Raises (on construction):
       ValueError, TypeError: A field is invalid; the message names the field.
@@ -88,6 +92,7 @@ class ClusterConfig:
     cert_dir: Path
     timeout: float = DEFAULT_TIMEOUT
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    owners: tuple[str, ...] = DEFAULT_OWNERS
     source: str = field(default="ClusterConfig", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -113,6 +118,14 @@ class ClusterConfig:
                 f"{where}: field 'timeout' must be a positive number of seconds, got {timeout!r}"
             )
         object.__setattr__(self, "timeout", float(timeout))
+        owners = self.owners
+        if isinstance(owners, str) or not isinstance(owners, (list, tuple)) or not owners:
+            raise ValueError(f"{where}: field 'owners' must be a non-empty list of identity names, got {owners!r}")
+        for index, owner in enumerate(owners):
+            check_identity_name(owner, arg=f"{where}: field 'owners[{index}]'")
+            if owner in self.parties:
+                raise ValueError(f"{where}: field 'owners' names the party {owner!r}; owners are driver identities")
+        object.__setattr__(self, "owners", tuple(owners))
         limit = self.max_message_bytes
         if (
             isinstance(limit, bool)
@@ -153,6 +166,7 @@ class ClusterConfig:
             "cert_dir": str(self.cert_dir),
             "timeout": self.timeout,
             "max_message_bytes": self.max_message_bytes,
+            "owners": list(self.owners),
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -218,6 +232,7 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
             cert_dir=cert_dir,
             timeout=raw.get("timeout", DEFAULT_TIMEOUT),
             max_message_bytes=raw.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES),
+            owners=raw.get("owners", DEFAULT_OWNERS),
             source=str(file),
         )
     except TypeError as err:  # a value of the wrong JSON type is a bad file, like any other bad value

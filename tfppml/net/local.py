@@ -24,7 +24,7 @@ from tfppml.errors import PartyUnavailableError, ProtocolError
 from tfppml.net.certs import check_identity_name
 from tfppml.net.channel import check_array, check_peer, check_timeout
 from tfppml.net.config import DEFAULT_TIMEOUT
-from tfppml.net.mailbox import DEFAULT_HISTORY, Mailbox, check_tag
+from tfppml.net.mailbox import CANCEL_LABEL, DEFAULT_HISTORY, Mailbox, check_tag
 
 __all__ = ["LocalChannel", "make_local_channels"]
 
@@ -82,6 +82,20 @@ class LocalChannel:
         if not isinstance(prefix, str):
             raise TypeError(f"`prefix` must be a str, got {type(prefix).__name__}")
         return self._hub.mailboxes[self._name].discard(prefix)
+
+    def cancel(self, scope: str, reason: str) -> None:
+        """See `tfppml.net.channel.PeerChannel.cancel`."""
+        if not self._hub.mailboxes[self._name].cancel(scope, reason):
+            return
+        for peer in self._hub.names:
+            if peer != self._name:
+                try:
+                    self.send(peer, f"{scope}|{CANCEL_LABEL}", np.zeros(0, dtype=np.uint64))
+                except (PartyUnavailableError, ProtocolError):
+                    pass  # a dead peer has nothing to cancel
+
+    def refresh(self) -> None:
+        """See `tfppml.net.channel.PeerChannel.refresh` (in process there is nothing to reopen)."""
 
     def close(self) -> None:
         """Marks this party dead: its pending receives fail, and sends to it raise PartyUnavailableError."""

@@ -5,6 +5,12 @@ refuses a second message with a pair that is still waiting or was taken recently
 would otherwise hand one step's data to another), and refuses two receivers waiting on the same pair.  The network
 side reports when a sender's connection ends (`connected` / `disconnected`), and the receivers waiting for that
 sender at that moment are woken with an error instead of waiting out their timeout.
+
+Scopes: a tag "SCOPE|rest" belongs to the protocol run SCOPE (the MPC runtime's "<caller>/<op_id>").  A run that
+failed or was refused at one party is cancelled everywhere: `cancel(scope)` wakes the receivers waiting on that
+scope with `QueryCancelled`, drops its waiting messages, and remembers the scope (boundedly), so that its later
+messages are dropped on arrival and later receives fail at once.  A peer cancels a scope here by sending the
+message "SCOPE|!cancel" (see `CANCEL_LABEL`).
 """
 
 from __future__ import annotations
@@ -15,9 +21,20 @@ import time
 
 import numpy as np
 
-from tfppml.errors import PartyUnavailableError, ProtocolError
+from tfppml.errors import PartyUnavailableError, ProtocolError, QueryCancelled
 
-__all__ = ["DEFAULT_HISTORY", "MAX_TAG_LENGTH", "Mailbox", "check_tag"]
+__all__ = ["CANCEL_LABEL", "DEFAULT_HISTORY", "MAX_TAG_LENGTH", "Mailbox", "check_tag", "scope_of"]
+
+#: The label of the message by which a peer cancels a scope: tag "SCOPE|!cancel".
+CANCEL_LABEL = "!cancel"
+#: How many cancelled scopes are remembered.
+CANCELLED_HISTORY = 16384
+
+
+def scope_of(tag: str) -> str | None:
+    """The scope of a tag "SCOPE|rest", or None for a tag without one."""
+    scope, sep, _ = tag.partition("|")
+    return scope if sep else None
 
 #: How many recently received (sender, tag) pairs are remembered to catch a late duplicate.
 DEFAULT_HISTORY = 65536
@@ -67,6 +84,8 @@ class Mailbox:
         self._lost: dict[tuple[str, str], str] = {}
         self._history = history
         self._closed: str | None = None
+        # Cancelled scope -> why (bounded, oldest first out).
+        self._cancelled: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     def put(self, sender: str, tag: str, array: np.ndarray) -> None:
         """Stores a message.
@@ -76,11 +95,17 @@ class Mailbox:
             mailbox is closed.
         """
         key = (sender, tag)
+        scope = scope_of(tag)
+        if scope is not None and tag == f"{scope}|{CANCEL_LABEL}":
+            self.cancel(scope, f"{sender!r} cancelled it")
+            return
         with self._cond:
             if self._closed is not None:
                 raise ProtocolError(
                     f"{self._owner!r} is shutting down ({self._closed}); message {tag!r} refused"
                 )
+            if scope is not None and scope in self._cancelled:
+                return  # a late message of a cancelled run: nobody will take it
             if key in self._pending or key in self._taken:
                 state = "is still waiting" if key in self._pending else "was already received"
                 raise ProtocolError(
@@ -105,9 +130,15 @@ class Mailbox:
                 raise ProtocolError(f"two receivers on {self._owner!r} wait for tag {tag!r} from {sender!r}")
             if key in self._taken:
                 raise ProtocolError(f"{self._owner!r} already received tag {tag!r} from {sender!r}")
+            scope = scope_of(tag)
             self._waiting.add(key)
             try:
                 while key not in self._pending:
+                    if scope is not None and scope in self._cancelled:
+                        raise QueryCancelled(
+                            f"{self._owner!r} stopped waiting for {tag!r} from {sender!r}: the run was cancelled "
+                            f"({self._cancelled[scope]})"
+                        )
                     lost = self._lost.pop(key, None)
                     if lost is not None:
                         raise PartyUnavailableError(
@@ -165,6 +196,20 @@ class Mailbox:
                 del self._pending[key]
                 self._remember(key)
             return len(keys)
+
+    def cancel(self, scope: str, reason: str) -> bool:
+        """Cancels the run `scope` here (see the module docstring); returns False if it was cancelled before."""
+        with self._cond:
+            if scope in self._cancelled:
+                return False
+            self._cancelled[scope] = reason
+            while len(self._cancelled) > CANCELLED_HISTORY:
+                self._cancelled.popitem(last=False)
+            for key in [key for key in self._pending if scope_of(key[1]) == scope]:
+                del self._pending[key]
+                self._remember(key)
+            self._cond.notify_all()
+            return True
 
     def close(self, reason: str = "closed") -> None:
         """Refuses further messages and wakes every waiting receiver with a ProtocolError."""

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -74,6 +75,8 @@ class WorkerServer:
         connections on every interface while peers dial the configured name).
       max_concurrent_calls: Driver calls served at once; further calls are refused as busy (RESOURCE_EXHAUSTED)
         rather than queued behind a blocked protocol.
+      max_calls_per_identity: Of those, the most one identity may hold at once (default a quarter, at least
+        one): a caller flooding the server cannot take every slot from the others.
       service_options: Extra keyword `options=` for the factory (e.g. from `tfppml worker --option k=v`).
 
     Raises:
@@ -88,7 +91,8 @@ class WorkerServer:
         *,
         identity: Identity | None = None,
         listen: str | None = None,
-        max_concurrent_calls: int = 8,
+        max_concurrent_calls: int = 16,
+        max_calls_per_identity: int | None = None,
         service_options: dict[str, str] | None = None,
     ) -> None:
         self._name = config.check_party(name)
@@ -104,6 +108,20 @@ class WorkerServer:
             or max_concurrent_calls < 1
         ):
             raise ValueError(f"`max_concurrent_calls` must be a positive int, got {max_concurrent_calls!r}")
+        if max_calls_per_identity is None:
+            max_calls_per_identity = max(1, max_concurrent_calls // 4)
+        if (
+            isinstance(max_calls_per_identity, bool)
+            or not isinstance(max_calls_per_identity, int)
+            or not 1 <= max_calls_per_identity <= max_concurrent_calls
+        ):
+            raise ValueError(
+                f"`max_calls_per_identity` must be an int in [1, max_concurrent_calls={max_concurrent_calls}], "
+                f"got {max_calls_per_identity!r}"
+            )
+        self._max_calls_per_identity = max_calls_per_identity
+        self._calls_by_identity: collections.Counter[str] = collections.Counter()
+        self._calls_lock = threading.Lock()
         self._mailbox = Mailbox(name, history=DEFAULT_HISTORY)
         self._channel = PeerChannel(name, config, self._identity, self._mailbox)
         self._service = self._make_service(service, service_options)
@@ -214,7 +232,21 @@ class WorkerServer:
 
     def _on_call(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         caller = self._caller(context)
+        with self._calls_lock:
+            mine = self._calls_by_identity[caller] < self._max_calls_per_identity
+            if mine:
+                self._calls_by_identity[caller] += 1
+        if not mine:
+            _log.warning("call from %s refused: it holds %d call slots already", caller, self._max_calls_per_identity)
+            abort_with(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "PartyUnavailableError",
+                f"worker {self._name!r} is busy for {caller!r}: it has {self._max_calls_per_identity} calls running "
+                f"(the most one identity may hold)",
+            )
         if not self._call_slots.acquire(blocking=False):
+            self._release_identity(caller)
             abort_with(
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -225,9 +257,16 @@ class WorkerServer:
             reply, failure = self._serve_call(caller, request)
         finally:
             self._call_slots.release()
+            self._release_identity(caller)
         if failure is not None:
             abort_with(context, *failure)
         return reply
+
+    def _release_identity(self, caller: str) -> None:
+        with self._calls_lock:
+            self._calls_by_identity[caller] -= 1
+            if self._calls_by_identity[caller] <= 0:
+                del self._calls_by_identity[caller]
 
     def _serve_call(self, caller: str, request: bytes) -> tuple[bytes, _Failure | None]:
         limit = self._config.max_message_bytes
