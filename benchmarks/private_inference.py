@@ -58,7 +58,8 @@ def measure_ours(models: dict, x: np.ndarray, args: argparse.Namespace) -> dict:
         for kind, model in models.items():
             start = time.perf_counter()
             model.share(cluster, name=kind)
-            model.serve(1 + args.repeats_b1 + 1 + args.repeats_b128, block=False)
+            # The quota counts input rows: the batch-1 queries, then the batch-128 warm-up and repeats.
+            model.serve(1 + args.repeats_b1 + 128 * (1 + args.repeats_b128), block=False)
             client = tfppml.Client().connect_to_model(model.input_shape, model.output_shape, cluster, model_name=kind)
             first = client.query_model(x[:1])
             share_to_first = time.perf_counter() - start
