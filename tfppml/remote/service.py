@@ -54,12 +54,10 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import secrets
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,7 +67,9 @@ from tfppml.errors import PolicyDenied
 from tfppml.net.channel import Channel
 from tfppml.net.config import ClusterConfig
 from tfppml.remote.audit import AuditLog
+from tfppml.remote.models import build_model, check_compile, check_model_config, weights_of
 from tfppml.remote.policy import Label, Policy
+from tfppml.remote.provenance import StoredObject, elementwise_label, matmul_label, matmul_shape, paired_label
 
 __all__ = ["RemoteService", "check_model_config", "make_service"]
 
@@ -82,151 +82,9 @@ TENSOR_DTYPES = ("float32", "float64", "int32", "int64")
 DEFAULT_MAX_OBJECT_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_OBJECTS = 10000
 
-# Keras classes a model configuration may name (layers, initializers, regularizers, constraints, containers).
-_ALLOWED_CLASSES = frozenset(
-    {
-        "Sequential", "Functional", "Model", "InputLayer", "Dense", "Flatten", "Reshape", "Dropout",
-        "Activation", "ReLU", "Softmax", "LeakyReLU", "BatchNormalization", "LayerNormalization", "Conv1D",
-        "Conv2D", "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D",
-        "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Embedding", "Concatenate",
-        "Add", "GlorotUniform", "GlorotNormal", "HeUniform", "HeNormal", "LecunUniform", "LecunNormal",
-        "Zeros", "Ones", "Constant", "RandomNormal", "RandomUniform", "TruncatedNormal", "Orthogonal",
-        "L1", "L2", "L1L2", "MaxNorm", "NonNeg", "UnitNorm", "MinMaxNorm",
-    }
-)  # fmt: skip
-_ALLOWED_MODULES = frozenset(
-    {None, "keras", "keras.layers", "keras.initializers", "keras.regularizers", "keras.constraints",
-     "keras.models", "keras.src.engine.functional", "keras.engine.functional"}
-)  # fmt: skip
-_ALLOWED_ACTIVATIONS = frozenset(
-    {"linear", "relu", "sigmoid", "softmax", "tanh", "elu", "selu", "softplus", "softsign", "gelu", "swish",
-     "exponential", "hard_sigmoid", "leaky_relu", "relu6", "silu"}
-)  # fmt: skip
-_LOSSES = frozenset(
-    {"mse", "mae", "mean_squared_error", "mean_absolute_error", "binary_crossentropy",
-     "categorical_crossentropy", "sparse_categorical_crossentropy", "huber"}
-)  # fmt: skip
-_METRICS = frozenset({"accuracy", "mse", "mae", "binary_accuracy", "sparse_categorical_accuracy"})
-_OPTIMIZERS = frozenset({"sgd", "adam", "rmsprop", "adagrad"})
-_OPTIMIZER_CLASSES = {
-    "sgd": lambda **kw: _keras().optimizers.SGD(**kw),
-    "adam": lambda **kw: _keras().optimizers.Adam(**kw),
-    "rmsprop": lambda **kw: _keras().optimizers.RMSprop(**kw),
-    "adagrad": lambda **kw: _keras().optimizers.Adagrad(**kw),
-}
-
-
-def _keras() -> Any:
-    import tensorflow as tf
-
-    return tf.keras
-
-
 _BINARY = ("add", "sub", "mul", "truediv", "matmul")
 _UNARY = ("neg", "abs", "square", "sqrt", "exp", "log")
 _REDUCE = ("sum", "mean", "max", "min")
-
-
-@dataclass
-class _Object:
-    owner: str
-    kind: str  # "tensor" or "model"
-    label: Label
-    value: np.ndarray | None = None
-    model: Any = None  # a compiled tf.keras.Model
-    model_spec: dict[str, Any] | None = None
-
-    @property
-    def nbytes(self) -> int:
-        if self.value is not None:
-            return int(self.value.nbytes)
-        return int(sum(w.nbytes for w in self.model.get_weights())) if self.model is not None else 0
-
-
-def check_model_config(config: Any, *, where: str = "`model`") -> None:
-    """Checks a Keras model configuration against the allow-list (no Lambda, no custom objects, no code).
-
-    Args:
-      config: The parsed JSON configuration (`json.loads(model.to_json())`).
-      where: Name used in messages.
-
-    Raises:
-      ValueError: A class, module or activation that is not allowed, or something that is not plain data;
-        the message names it and its path.
-
-    Example:
-      >>> check_model_config({"class_name": "Sequential", "config": {"layers": [{"class_name": "Lambda"}]}})
-      Traceback (most recent call last):
-      ...
-      ValueError: `model` names class 'Lambda' at model.config.layers[0].class_name, which is not allowed; ...
-    """
-
-    def walk(node: Any, path: str, depth: int) -> None:
-        if depth > 64:
-            raise ValueError(f"{where} is nested too deeply at {path}")
-        if isinstance(node, dict):
-            if "class_name" in node:
-                name = node["class_name"]
-                if name not in _ALLOWED_CLASSES:
-                    raise ValueError(
-                        f"{where} names class {name!r} at {path}.class_name, which is not allowed; allowed: "
-                        f"{sorted(_ALLOWED_CLASSES)}"
-                    )
-                if node.get("module") not in _ALLOWED_MODULES or node.get("registered_name") not in (
-                    None,
-                    name,
-                ):
-                    raise ValueError(
-                        f"{where}: {path} comes from module {node.get('module')!r} / registered name "
-                        f"{node.get('registered_name')!r}; only built-in Keras objects are allowed"
-                    )
-            for key, value in node.items():
-                if key in ("function", "function_type", "module_name", "custom_objects"):
-                    raise ValueError(
-                        f"{where}: {path}.{key} is not allowed (no code in model configurations)"
-                    )
-                if key == "activation" and isinstance(value, str) and value not in _ALLOWED_ACTIVATIONS:
-                    raise ValueError(
-                        f"{where}: activation {value!r} at {path}.activation is not allowed; allowed: "
-                        f"{sorted(_ALLOWED_ACTIVATIONS)}"
-                    )
-                walk(value, f"{path}.{key}", depth + 1)
-        elif isinstance(node, list):
-            for index, value in enumerate(node):
-                walk(value, f"{path}[{index}]", depth + 1)
-        elif not isinstance(node, (str, int, float, bool, type(None))):
-            raise ValueError(f"{where}: {path} holds a {type(node).__name__}, not plain JSON")
-
-    if not isinstance(config, dict) or config.get("class_name") not in ("Sequential", "Functional", "Model"):
-        raise ValueError(f"{where} must be a Sequential or Functional model configuration")
-    walk(config, "model", 0)
-
-
-def _check_compile(spec: Any) -> dict[str, Any]:
-    if not isinstance(spec, dict):
-        raise ValueError(
-            f"`compile` must be a mapping with loss/optimizer/metrics, got {type(spec).__name__}"
-        )
-    unknown = sorted(set(spec) - {"loss", "optimizer", "learning_rate", "metrics", "from_logits"})
-    if unknown:
-        raise ValueError(f"`compile` has unknown field(s) {unknown}")
-    loss = spec.get("loss", "mse")
-    if loss not in _LOSSES:
-        raise ValueError(f"`compile.loss` must be one of {sorted(_LOSSES)}, got {loss!r}")
-    optimizer = spec.get("optimizer", "sgd")
-    if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"`compile.optimizer` must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
-    rate = spec.get("learning_rate", 0.01)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 100:
-        raise ValueError(f"`compile.learning_rate` must be a number in (0, 100), got {rate!r}")
-    metrics = spec.get("metrics", [])
-    if not isinstance(metrics, list) or any(m not in _METRICS for m in metrics):
-        raise ValueError(f"`compile.metrics` must be a list drawn from {sorted(_METRICS)}, got {metrics!r}")
-    from_logits = spec.get("from_logits", False)
-    if not isinstance(from_logits, bool):
-        raise ValueError(f"`compile.from_logits` must be a bool, got {from_logits!r}")
-    return {"loss": loss, "optimizer": optimizer, "learning_rate": float(rate), "metrics": list(metrics),
-            "from_logits": from_logits}  # fmt: skip
 
 
 class RemoteService:
@@ -271,7 +129,7 @@ class RemoteService:
         self._audit = audit
         self._max_object_bytes = max_object_bytes
         self._max_objects = max_objects
-        self._objects: dict[str, _Object] = {}
+        self._objects: dict[str, StoredObject] = {}
         self._lock = threading.Lock()
         self._keras_lock = threading.RLock()
         self._ops: dict[
@@ -339,7 +197,7 @@ class RemoteService:
 
     # -- object store
 
-    def _store(self, caller: str, obj: _Object, record: dict[str, Any]) -> dict[str, Any]:
+    def _store(self, caller: str, obj: StoredObject, record: dict[str, Any]) -> dict[str, Any]:
         size = obj.nbytes
         if size > self._max_object_bytes:
             raise ValueError(
@@ -358,7 +216,7 @@ class RemoteService:
         record.update(result=object_id, result_bytes=size, label=obj.label.to_json())
         return self._describe(object_id, obj)
 
-    def _describe(self, object_id: str, obj: _Object) -> dict[str, Any]:
+    def _describe(self, object_id: str, obj: StoredObject) -> dict[str, Any]:
         info: dict[str, Any] = {"id": object_id, "kind": obj.kind, "label": obj.label.to_json()}
         if obj.value is not None:
             info.update(shape=list(obj.value.shape), dtype=obj.value.dtype.name)
@@ -422,7 +280,7 @@ class RemoteService:
             raise LookupError(f"`name`: worker {self._name!r} has no data set {name!r}")
         array = self._datasets[name]
         label = Label(raw=frozenset({name}), rows=array.shape[0] if array.ndim else None)
-        obj = _Object(caller, "tensor", label, value=array)
+        obj = StoredObject(caller, "tensor", label, value=array)
         info = self._store(caller, obj, record)
         record["result_bytes"] = 0  # a view of the data set: nothing new is held
         return info, {}
@@ -431,13 +289,14 @@ class RemoteService:
         if set(tensors) != {"value"}:
             raise ValueError(f"`put` takes exactly one tensor named 'value', got {sorted(tensors)}")
         value = _check_tensor(tensors["value"], "value")
-        return self._store(caller, _Object(caller, "tensor", Label(), value=value), record), {}
+        return self._store(caller, StoredObject(caller, "tensor", Label(), value=value), record), {}
 
     def _op_put_model(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
-        spec = {"model": meta.get("model"), "compile": _check_compile(meta.get("compile", {}))}
-        model = self._build_model(spec, tensors)
+        spec = {"model": meta.get("model"), "compile": check_compile(meta.get("compile", {}))}
+        with self._keras_lock:
+            model = build_model(spec, tensors)
         return (
-            self._store(caller, _Object(caller, "model", Label(), model=model, model_spec=spec), record),
+            self._store(caller, StoredObject(caller, "model", Label(), model=model, model_spec=spec), record),
             {},
         )
 
@@ -456,8 +315,8 @@ class RemoteService:
                 "(cast one of them before sending)"
             )
         if fn == "matmul":
-            shape = _matmul_shape(a.value.shape, b.value.shape)
-            label = _matmul_label(a, b)
+            shape = matmul_shape(a.value.shape, b.value.shape)
+            label = matmul_label(a, b)
         else:
             try:
                 shape = np.broadcast_shapes(a.value.shape, b.value.shape)
@@ -465,12 +324,12 @@ class RemoteService:
                 raise ValueError(
                     f"`{fn}`: shapes {list(a.value.shape)} (`a`) and {list(b.value.shape)} (`b`) do not broadcast"
                 ) from None
-            label = _elementwise_label([a, b], shape)
+            label = elementwise_label([a, b], shape)
         self._check_size(shape, a.value.dtype)
         op = {"add": tf.add, "sub": tf.subtract, "mul": tf.multiply, "truediv": tf.math.truediv,
               "matmul": tf.linalg.matmul}[fn]  # fmt: skip
         value = op(a.value, b.value).numpy()
-        return self._store(caller, _Object(caller, "tensor", label, value=value), record), {}
+        return self._store(caller, StoredObject(caller, "tensor", label, value=value), record), {}
 
     def _op_unary(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         import tensorflow as tf
@@ -485,7 +344,7 @@ class RemoteService:
         op = {"neg": tf.negative, "abs": tf.abs, "square": tf.square, "sqrt": tf.sqrt, "exp": tf.exp,
               "log": tf.math.log}[fn]  # fmt: skip
         value = op(x.value).numpy()
-        return self._store(caller, _Object(caller, "tensor", x.label, value=value), record), {}
+        return self._store(caller, StoredObject(caller, "tensor", x.label, value=value), record), {}
 
     def _op_reduce(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         import tensorflow as tf
@@ -513,7 +372,7 @@ class RemoteService:
             label = x.label  # a per-row reduction keeps the row axis
         op = {"sum": tf.reduce_sum, "mean": tf.reduce_mean, "max": tf.reduce_max, "min": tf.reduce_min}[fn]
         value = np.asarray(op(x.value, axis=axis).numpy())
-        return self._store(caller, _Object(caller, "tensor", label, value=value), record), {}
+        return self._store(caller, StoredObject(caller, "tensor", label, value=value), record), {}
 
     def _op_reshape(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         x = self._lookup(caller, meta, "x", "tensor", record)
@@ -529,7 +388,7 @@ class RemoteService:
         rows = x.label.rows
         keeps_rows = rows is not None and value.ndim >= 1 and value.shape[0] == rows
         label = x.label.with_rows(rows if keeps_rows else None)
-        return self._store(caller, _Object(caller, "tensor", label, value=value), record), {}
+        return self._store(caller, StoredObject(caller, "tensor", label, value=value), record), {}
 
     def _op_dp(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         fn = meta.get("fn")
@@ -576,7 +435,7 @@ class RemoteService:
             )
             total = total + np.asarray(noise.numpy()).reshape(total.shape)
         value = np.asarray(total / rows if fn == "mean" else total)
-        return self._store(caller, _Object(caller, "tensor", label.noised(), value=value), record), {}
+        return self._store(caller, StoredObject(caller, "tensor", label.noised(), value=value), record), {}
 
     def _op_fit(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         import tensorflow as tf
@@ -589,7 +448,7 @@ class RemoteService:
         _check_rows(x, y)
         record.update(epochs=epochs, batch_size=batch_size)
         with self._keras_lock:
-            model = self._build_model(source.model_spec, _weights_of(source.model))
+            model = build_model(source.model_spec, weights_of(source.model))
             try:
                 model.fit(x.value, y.value, epochs=epochs, batch_size=batch_size, verbose=0)
             except (ValueError, tf.errors.InvalidArgumentError) as err:
@@ -597,7 +456,7 @@ class RemoteService:
                     f"fit failed on x {list(x.value.shape)} and y {list(y.value.shape)}: {_first_line(err)}"
                 ) from None
         label = source.label.join(x.label.join(y.label).trained())
-        obj = _Object(caller, "model", label, model=model, model_spec=source.model_spec)
+        obj = StoredObject(caller, "model", label, model=model, model_spec=source.model_spec)
         return self._store(caller, obj, record), {}
 
     def _op_predict(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
@@ -615,7 +474,7 @@ class RemoteService:
         label = x.label.join(source.label)
         if x.label.rows is not None and value.ndim >= 1 and value.shape[0] == x.label.rows:
             label = label.with_rows(x.label.rows)
-        return self._store(caller, _Object(caller, "tensor", label, value=value), record), {}
+        return self._store(caller, StoredObject(caller, "tensor", label, value=value), record), {}
 
     def _op_evaluate(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         import tensorflow as tf
@@ -631,9 +490,9 @@ class RemoteService:
                 raise ValueError(f"evaluate failed on x {list(x.value.shape)}: {_first_line(err)}") from None
         names = list(result)
         value = np.asarray([float(result[key]) for key in names], dtype=np.float64)
-        data = _paired_label(x, y).aggregated()
+        data = paired_label(x, y).aggregated()
         label = data.join(source.label)
-        info = self._store(caller, _Object(caller, "tensor", label, value=value), record)
+        info = self._store(caller, StoredObject(caller, "tensor", label, value=value), record)
         return {**info, "names": names}, {}
 
     def _op_get(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
@@ -644,7 +503,7 @@ class RemoteService:
         obj = self._lookup(caller, meta, "x", kind, record)
         record["rule"] = self._policy.check_release(caller, obj.label, object_id)
         if obj.kind == "model":
-            weights = _weights_of(obj.model)
+            weights = weights_of(obj.model)
             record["result_bytes"] = int(sum(w.nbytes for w in weights.values()))
             return {"kind": "model", "count": len(weights)}, weights
         record["result_bytes"] = int(obj.value.nbytes)
@@ -664,43 +523,6 @@ class RemoteService:
                 f"the result of shape {list(shape)} would be {size} bytes, more than this worker's "
                 f"max_object_bytes={self._max_object_bytes}"
             )
-
-    def _build_model(self, spec: dict[str, Any], tensors: dict[str, np.ndarray]) -> Any:
-        import tensorflow as tf
-
-        config = spec.get("model")
-        if not isinstance(config, str) or len(config) > 1 << 20:
-            raise TypeError("`model` must be a Keras model's JSON configuration (str, at most 1 MiB)")
-        try:
-            parsed = json.loads(config)
-        except ValueError as err:
-            raise ValueError(f"`model` is not valid JSON: {err}") from None
-        check_model_config(parsed)
-        with self._keras_lock:
-            model = tf.keras.models.model_from_json(config)
-            expected = model.get_weights()
-            names = [f"w{i}" for i in range(len(expected))]
-            if sorted(tensors) != sorted(names):
-                raise ValueError(
-                    f"the model has {len(expected)} weight arrays; send tensors {names[:3]}..., "
-                    f"got {sorted(tensors)[:5]}"
-                )
-            for key, want in zip(names, expected):
-                got = tensors[key]
-                if got.shape != want.shape or got.dtype != want.dtype:
-                    raise ValueError(
-                        f"weight {key} has shape {list(got.shape)} and dtype {got.dtype.name}; the model expects "
-                        f"{list(want.shape)} {want.dtype.name}"
-                    )
-            model.set_weights([tensors[key] for key in names])
-            comp = spec["compile"]
-            optimizer = _OPTIMIZER_CLASSES[comp["optimizer"]](learning_rate=comp["learning_rate"])
-            loss: Any = comp["loss"]
-            if comp["from_logits"] and loss in ("binary_crossentropy", "categorical_crossentropy",
-                                               "sparse_categorical_crossentropy"):  # fmt: skip
-                loss = tf.keras.losses.get({"class_name": loss, "config": {"from_logits": True}})
-            model.compile(optimizer=optimizer, loss=loss, metrics=comp["metrics"])
-        return model
 
     def _replay_dp(self) -> None:
         """Rebuilds every identity's DP spending from the audit log, so a restart does not reset budgets."""
@@ -736,62 +558,12 @@ def _check_tensor(value: np.ndarray, key: str) -> np.ndarray:
     return value
 
 
-def _check_rows(x: _Object, y: _Object) -> None:
+def _check_rows(x: StoredObject, y: StoredObject) -> None:
     if x.value.ndim < 1 or y.value.ndim < 1 or x.value.shape[0] != y.value.shape[0]:
         raise ValueError(
             "`x` and `y` must have the same number of rows, got shapes "
             f"{list(x.value.shape)} and {list(y.value.shape)}"
         )
-
-
-def _weights_of(model: Any) -> dict[str, np.ndarray]:
-    return {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
-
-
-def _matmul_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-    if len(a) != 2 or len(b) != 2 or a[1] != b[0]:
-        raise ValueError(
-            f"`matmul` needs 2-D operands [n, k] @ [k, m], got {list(a)} (`a`) and {list(b)} (`b`)"
-        )
-    return (a[0], b[1])
-
-
-def _elementwise_label(operands: list[_Object], shape: tuple[int, ...]) -> Label:
-    """Joins operand labels; the row axis stays certified only if every row-level operand has the same certified
-    rows along the result's leading axis and no other operand varies along that axis."""
-    label = operands[0].label
-    for other in operands[1:]:
-        label = label.join(other.label)
-    if not label.raw:
-        return label
-    raw_rows = {o.label.rows for o in operands if o.label.raw}
-    certified = (
-        len(raw_rows) == 1
-        and None not in raw_rows
-        and len(shape) >= 1
-        and shape[0] == next(iter(raw_rows))
-        and all(o.value.ndim == len(shape) for o in operands if o.label.raw)
-        and all(o.value.ndim < len(shape) or o.value.shape[0] == 1 for o in operands if not o.label.raw)
-    )
-    return label.with_rows(next(iter(raw_rows)) if certified else None)
-
-
-def _paired_label(x: _Object, y: _Object) -> Label:
-    """Label of per-row pairs (x[i], y[i]) of two tensors with the same row count (evaluate, fit)."""
-    label = x.label.join(y.label)
-    rows = {o.label.rows for o in (x, y) if o.label.raw}
-    if len(rows) == 1 and None not in rows and all(o.label.raw for o in (x, y)):
-        return label.with_rows(next(iter(rows)))
-    return label.with_rows(None)
-
-
-def _matmul_label(a: _Object, b: _Object) -> Label:
-    label = a.label.join(b.label)
-    # x @ W keeps x's rows when W holds no row-level data; anything @ raw contracts over the raw rows with
-    # caller-chosen weights (which could select one row), so it is row-level data without certified rows.
-    if a.label.raw and a.label.rows is not None and not b.label.raw:
-        return label.with_rows(a.label.rows)
-    return label.with_rows(None)
 
 
 def make_service(

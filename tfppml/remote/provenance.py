@@ -1,0 +1,80 @@
+"""Provenance of stored objects: how an operation's result label follows from its operands' labels.
+
+The labels are computed from shapes and operations only, never from values.  A data set's rows stay
+*certified* (one individual each) only while every step keeps them apart; see `tfppml.remote.policy.Label`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tfppml.remote.policy import Label
+
+__all__ = ["StoredObject", "elementwise_label", "matmul_label", "matmul_shape", "paired_label"]
+
+
+@dataclass
+class StoredObject:
+    """An object a worker holds for an identity: a tensor or a compiled model, with its label."""
+
+    owner: str
+    kind: str  # "tensor" or "model"
+    label: Label
+    value: np.ndarray | None = None
+    model: Any = None  # a compiled tf.keras.Model
+    model_spec: dict[str, Any] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        if self.value is not None:
+            return int(self.value.nbytes)
+        return int(sum(w.nbytes for w in self.model.get_weights())) if self.model is not None else 0
+
+
+def matmul_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    if len(a) != 2 or len(b) != 2 or a[1] != b[0]:
+        raise ValueError(
+            f"`matmul` needs 2-D operands [n, k] @ [k, m], got {list(a)} (`a`) and {list(b)} (`b`)"
+        )
+    return (a[0], b[1])
+
+
+def elementwise_label(operands: list[StoredObject], shape: tuple[int, ...]) -> Label:
+    """Joins operand labels; the row axis stays certified only if every row-level operand has the same certified
+    rows along the result's leading axis and no other operand varies along that axis."""
+    label = operands[0].label
+    for other in operands[1:]:
+        label = label.join(other.label)
+    if not label.raw:
+        return label
+    raw_rows = {o.label.rows for o in operands if o.label.raw}
+    certified = (
+        len(raw_rows) == 1
+        and None not in raw_rows
+        and len(shape) >= 1
+        and shape[0] == next(iter(raw_rows))
+        and all(o.value.ndim == len(shape) for o in operands if o.label.raw)
+        and all(o.value.ndim < len(shape) or o.value.shape[0] == 1 for o in operands if not o.label.raw)
+    )
+    return label.with_rows(next(iter(raw_rows)) if certified else None)
+
+
+def paired_label(x: StoredObject, y: StoredObject) -> Label:
+    """Label of per-row pairs (x[i], y[i]) of two tensors with the same row count (evaluate, fit)."""
+    label = x.label.join(y.label)
+    rows = {o.label.rows for o in (x, y) if o.label.raw}
+    if len(rows) == 1 and None not in rows and all(o.label.raw for o in (x, y)):
+        return label.with_rows(next(iter(rows)))
+    return label.with_rows(None)
+
+
+def matmul_label(a: StoredObject, b: StoredObject) -> Label:
+    label = a.label.join(b.label)
+    # x @ W keeps x's rows when W holds no row-level data; anything @ raw contracts over the raw rows with
+    # caller-chosen weights (which could select one row), so it is row-level data without certified rows.
+    if a.label.raw and a.label.rows is not None and not b.label.raw:
+        return label.with_rows(a.label.rows)
+    return label.with_rows(None)
