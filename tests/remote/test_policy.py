@@ -99,3 +99,13 @@ def test_dp_budget_composes_and_refuses():
         policy.charge_dp("b", 0.1)
     with pytest.raises(ValueError, match="`epsilon` must be a positive finite number"):
         policy.charge_dp("a", 0)
+
+
+def test_a_nonlinear_function_of_rows_never_becomes_an_aggregate():
+    rows = Label(raw=PATIENTS, rows=200)
+    assert rows.aggregated().aggregate == 200  # a linear column sum
+    bent = rows.transformed()
+    assert bent.rows == 200 and bent.nonlinear  # still one individual per row, for a DP release
+    assert bent.aggregated().raw == PATIENTS and bent.aggregated().aggregate is None
+    assert bent.join(Label()).aggregated().aggregate is None and Label().transformed() == Label()
+    assert rows.transformed().to_json() == {"raw": ["patients"], "nonlinear": True}

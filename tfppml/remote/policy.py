@@ -24,7 +24,11 @@ its message names the rule and the object, nothing else.
 Limits, stated plainly: "aggregates over at least k rows" is the owner's choice of a disclosure rule, not a
 formal privacy guarantee (two aggregates over sets differing in one row can reveal that row; the worker refuses
 the obvious ways to build such sets, see `tfppml.remote.service`); only the ``dp`` rule gives a formal
-guarantee. DP accounting treats each data set row as one individual (add-or-remove-one adjacency), composes
+guarantee. An aggregate must be a *linear* function of the data set's columns (sums and means of the columns
+after adding, subtracting, scaling or matrix-multiplying them with the caller's row-constant tensors): a sum of a
+non-linear function of the data is a data-dependent selector (``sum(1 / (1 + exp(s * (age - t))))`` counts the
+rows below ``t``; with a bisection on ``t`` and a masked sum it reads single values exactly), so it stays
+row-level data (`Label.nonlinear`). Model outputs and losses on the data set count as non-linear. DP accounting treats each data set row as one individual (add-or-remove-one adjacency), composes
 the Gaussian mechanisms of each identity with dp-accounting's RDP accountant (via `tfppml.dp.accounting`) and
 treats a data set's row count as public.
 
@@ -52,6 +56,11 @@ __all__ = ["DpRule", "IdentityRules", "Label", "Policy", "RateLimit"]
 _RULE_FIELDS = ("datasets", "raw_read", "aggregates", "dp", "weights", "rate_limit")
 
 
+_NONLINEAR = (
+    ", derived from them by a non-linear function (a sum of such values is not an aggregate: it can select rows)"
+)
+
+
 @dataclass(frozen=True)
 class Label:
     """Provenance of a remote object: what of the data sets it could reveal.
@@ -64,6 +73,11 @@ class Label:
       aggregate_of: Data sets aggregated into it.
       dp: Data sets that reach it only through DP-noised releases.
       weights: Data sets that models behind it were trained on.
+      nonlinear: Its row-level values went through a non-linear function of the data (a power, exp, abs, a
+        product of two row-level values, a per-row max, a model's prediction...). A sum over the rows of such
+        an object is not an aggregate: ``sum(exp(-200 * (age - a)**2))`` picks out the rows with age ``a`` and
+        ``sum(sigmoid(60 * (age - t)))`` counts the rows below ``t``, so the rows stay certified for a DP release
+        (clipping bounds each row's contribution whatever the function) but never become a k-row aggregate.
 
     An object with every field empty is public: the caller sent it (or derived it from what it sent).
     """
@@ -74,6 +88,7 @@ class Label:
     aggregate_of: frozenset[str] = frozenset()
     dp: frozenset[str] = frozenset()
     weights: frozenset[str] = frozenset()
+    nonlinear: bool = False
 
     @property
     def public(self) -> bool:
@@ -95,7 +110,12 @@ class Label:
             aggregate_of=self.aggregate_of | other.aggregate_of,
             dp=self.dp | other.dp,
             weights=self.weights | other.weights,
+            nonlinear=self.nonlinear or other.nonlinear,
         )
+
+    def transformed(self) -> Label:
+        """This label after a non-linear function of its row-level values (see `nonlinear`)."""
+        return replace(self, nonlinear=True) if self.raw else self
 
     def with_rows(self, rows: int | None) -> Label:
         """This label with `rows` set (only meaningful for raw objects)."""
@@ -104,12 +124,13 @@ class Label:
     def aggregated(self) -> Label:
         """The label of a sum/mean over the row axis of this object.
 
-        A raw object with certified rows becomes an aggregate over its row count; an uncertified raw object
-        stays raw (its rows cannot be trusted to be individuals).
+        A raw object with certified rows that is a linear function of the data set's columns becomes an
+        aggregate over its row count; an uncertified or non-linearly derived raw object stays raw (its rows
+        cannot be trusted to be individuals, or its sum can select rows).
         """
         if not self.raw:
             return self
-        if self.rows is None:
+        if self.rows is None or self.nonlinear:
             return replace(self, rows=None)
         aggregate = self.rows if self.aggregate is None else min(self.aggregate, self.rows)
         return replace(
@@ -132,6 +153,8 @@ class Label:
                 out[key] = sorted(getattr(self, key))
         if self.aggregate is not None:
             out["aggregate_rows"] = self.aggregate
+        if self.nonlinear and self.raw:
+            out["nonlinear"] = True
         return out
 
 
@@ -326,7 +349,8 @@ class Policy:
             if refused:
                 raise PolicyDenied(
                     f"policy rule '{rules.name}.raw_read' denies returning object {object_id}: it holds row-level "
-                    f"values of data set(s) {refused} (return an aggregate or a DP-noised result instead)"
+                    f"values of data set(s) {refused}{_NONLINEAR if label.nonlinear else ''} (return an aggregate "
+                    "or a DP-noised result instead)"
                 )
             allowed.append("raw_read")
         if label.aggregate is not None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from tfppml.remote.policy import Label
 
-__all__ = ["StoredObject", "elementwise_label", "matmul_label", "matmul_shape", "paired_label"]
+__all__ = ["StoredObject", "elementwise_label", "matmul_label", "matmul_shape", "paired_label", "unary_label"]
 
 
 @dataclass
@@ -42,14 +42,31 @@ def matmul_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     return (a[0], b[1])
 
 
-def elementwise_label(operands: list[StoredObject], shape: tuple[int, ...]) -> Label:
+#: Unary functions that keep row-level values a linear function of the data.
+LINEAR_UNARY = frozenset({"neg"})
+
+
+def unary_label(x: StoredObject, fn: str) -> Label:
+    """The label of ``fn(x)``: the rows stay certified; any function but negation makes the values non-linear."""
+    return x.label if fn in LINEAR_UNARY else x.label.transformed()
+
+
+def elementwise_label(operands: list[StoredObject], shape: tuple[int, ...], fn: str) -> Label:
     """Joins operand labels; the row axis stays certified only if every row-level operand has the same certified
-    rows along the result's leading axis and no other operand varies along that axis."""
+    rows along the result's leading axis and no other operand varies along that axis.
+
+    The result stays linear in the data for add and sub, and for mul and truediv when only one operand (the
+    numerator, for truediv) holds row-level values: a product of two row-level values is a power of the data
+    (power sums separate rows that share a value), and ``c / x`` is not linear in `x`.
+    """
     label = operands[0].label
     for other in operands[1:]:
         label = label.join(other.label)
     if not label.raw:
         return label
+    raw = [o.label.raw != frozenset() for o in operands]
+    if fn == "mul" and all(raw) or fn == "truediv" and raw[-1]:
+        label = label.transformed()
     raw_rows = {o.label.rows for o in operands if o.label.raw}
     certified = (
         len(raw_rows) == 1

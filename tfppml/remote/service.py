@@ -69,7 +69,14 @@ from tfppml.net.config import ClusterConfig
 from tfppml.remote.audit import AuditLog
 from tfppml.remote.models import build_model, check_compile, check_model_config, weights_of
 from tfppml.remote.policy import Label, Policy
-from tfppml.remote.provenance import StoredObject, elementwise_label, matmul_label, matmul_shape, paired_label
+from tfppml.remote.provenance import (
+    StoredObject,
+    elementwise_label,
+    matmul_label,
+    matmul_shape,
+    paired_label,
+    unary_label,
+)
 
 __all__ = ["RemoteService", "check_model_config", "make_service"]
 
@@ -324,7 +331,7 @@ class RemoteService:
                 raise ValueError(
                     f"`{fn}`: shapes {list(a.value.shape)} (`a`) and {list(b.value.shape)} (`b`) do not broadcast"
                 ) from None
-            label = elementwise_label([a, b], shape)
+            label = elementwise_label([a, b], shape, fn)
         self._check_size(shape, a.value.dtype)
         op = {"add": tf.add, "sub": tf.subtract, "mul": tf.multiply, "truediv": tf.math.truediv,
               "matmul": tf.linalg.matmul}[fn]  # fmt: skip
@@ -344,7 +351,7 @@ class RemoteService:
         op = {"neg": tf.negative, "abs": tf.abs, "square": tf.square, "sqrt": tf.sqrt, "exp": tf.exp,
               "log": tf.math.log}[fn]  # fmt: skip
         value = op(x.value).numpy()
-        return self._store(caller, StoredObject(caller, "tensor", x.label, value=value), record), {}
+        return self._store(caller, StoredObject(caller, "tensor", unary_label(x, fn), value=value), record), {}
 
     def _op_reduce(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         import tensorflow as tf
@@ -369,7 +376,8 @@ class RemoteService:
         elif over_rows:
             label = x.label.with_rows(None)  # max/min over the rows is one row's value, not an aggregate
         else:
-            label = x.label  # a per-row reduction keeps the row axis
+            # A per-row reduction keeps the row axis; a per-row max/min is a non-linear function of the row.
+            label = x.label if fn in ("sum", "mean") else x.label.transformed()
         op = {"sum": tf.reduce_sum, "mean": tf.reduce_mean, "max": tf.reduce_max, "min": tf.reduce_min}[fn]
         value = np.asarray(op(x.value, axis=axis).numpy())
         return self._store(caller, StoredObject(caller, "tensor", label, value=value), record), {}
@@ -471,7 +479,8 @@ class RemoteService:
                 raise ValueError(f"predict failed on x {list(x.value.shape)}: {_first_line(err)}") from None
         # One output row per input row, computed from that row alone (and the model): the rows stay the data
         # set's rows. (A DP release still refuses them when the model was trained on the data.)
-        label = x.label.join(source.label)
+        # A model's output is a non-linear function of the row (a crafted model is a row selector).
+        label = x.label.join(source.label).transformed()
         if x.label.rows is not None and value.ndim >= 1 and value.shape[0] == x.label.rows:
             label = label.with_rows(x.label.rows)
         return self._store(caller, StoredObject(caller, "tensor", label, value=value), record), {}
@@ -490,7 +499,7 @@ class RemoteService:
                 raise ValueError(f"evaluate failed on x {list(x.value.shape)}: {_first_line(err)}") from None
         names = list(result)
         value = np.asarray([float(result[key]) for key in names], dtype=np.float64)
-        data = paired_label(x, y).aggregated()
+        data = paired_label(x, y).transformed().aggregated()  # a mean loss is a sum of non-linear row values
         label = data.join(source.label)
         info = self._store(caller, StoredObject(caller, "tensor", label, value=value), record)
         return {**info, "names": names}, {}
