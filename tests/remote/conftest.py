@@ -12,7 +12,7 @@ import yaml
 
 from tfppml.net.cluster import Cluster, Worker
 
-IDENTITIES = ("analyst", "driver", "stranger", "limited", "nobody")
+IDENTITIES = ("analyst", "driver", "stranger", "limited", "nobody", "careful")
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 MAX_OBJECT_BYTES = 4 * 1024 * 1024
 
@@ -21,13 +21,15 @@ POLICY = {
         "analyst": {
             "datasets": ["patients", "labels", "tiny"],
             "raw_read": [],
-            "aggregates": {"min_rows": 10},
+            "unsafe_aggregates": {"min_rows": 10},
             "dp": {"epsilon_budget": 2.0, "delta": 1.0e-5},
-            "weights": True,
+            "unsafe_weights": True,
         },
         "driver": {"datasets": ["patients"], "raw_read": ["patients"]},
         "limited": {"datasets": ["patients"], "rate_limit": {"requests": 4, "per_seconds": 600}},
         "stranger": {},
+        # The rules an owner gets without the unsafe_ opt-ins: DP releases only.
+        "careful": {"datasets": ["patients"], "dp": {"epsilon_budget": 1.0, "delta": 1.0e-5}},
     }
 }
 

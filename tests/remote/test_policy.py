@@ -11,8 +11,8 @@ PATIENTS = frozenset({"patients"})
 def test_load_yaml(tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text(
-        "identities:\n  analyst:\n    datasets: [patients]\n    aggregates: {min_rows: 5}\n"
-        "    dp: {epsilon_budget: 1.0, delta: 1.0e-6}\n    weights: true\n"
+        "identities:\n  analyst:\n    datasets: [patients]\n    unsafe_aggregates: {min_rows: 5}\n"
+        "    dp: {epsilon_budget: 1.0, delta: 1.0e-6}\n    unsafe_weights: true\n"
     )
     rules = Policy.load(path).rules_for("analyst")
     assert rules.datasets == PATIENTS and rules.min_rows == 5 and rules.weights
@@ -28,10 +28,12 @@ def test_load_yaml(tmp_path):
             {"identities": {"a": {"raw_read": ["x"]}}},
             r"raw_read names data sets not in identities\.a\.datasets",
         ),
-        ({"identities": {"a": {"aggregates": {"min_rows": -1}}}}, r"aggregates\.min_rows must be an int"),
+        ({"identities": {"a": {"unsafe_aggregates": {"min_rows": -1}}}}, r"unsafe_aggregates\.min_rows must be an int"),
         ({"identities": {"a": {"dp": {"epsilon_budget": 1}}}}, r"a\.dp must have exactly the fields"),
         ({"identities": {"a": {"dp": {"epsilon_budget": 1, "delta": 2}}}}, r"a\.dp\.delta must be a number"),
-        ({"identities": {"a": {"weights": "yes"}}}, r"a\.weights must be true or false"),
+        ({"identities": {"a": {"unsafe_weights": "yes"}}}, r"a\.unsafe_weights must be true or false"),
+        ({"identities": {"a": {"weights": True}}}, r"a\.weights: this rule is now called 'unsafe_weights'.*memorise"),
+        ({"identities": {"a": {"aggregates": {"min_rows": 9}}}}, r"a\.aggregates: this rule is now called 'unsafe_aggregates'"),
         ({"identities": {"a": {"datasets": "patients"}}}, r"a\.datasets must be a list"),
     ],
 )
@@ -42,17 +44,17 @@ def test_bad_policies_name_the_field(raw, match):
 
 def test_release_rules():
     policy = Policy.from_dict(
-        {"identities": {"a": {"datasets": ["patients"], "aggregates": {"min_rows": 10}}, "b": {}}}
+        {"identities": {"a": {"datasets": ["patients"], "unsafe_aggregates": {"min_rows": 10}}, "b": {}}}
     )
     assert policy.check_release("a", Label(), "o1") == "public"
-    assert policy.check_release("a", Label(aggregate=10, aggregate_of=PATIENTS), "o1") == "aggregates"
-    with pytest.raises(PolicyDenied, match=r"'identities\.a\.aggregates\.min_rows'.*o1"):
+    assert policy.check_release("a", Label(aggregate=10, aggregate_of=PATIENTS), "o1") == "unsafe_aggregates"
+    with pytest.raises(PolicyDenied, match=r"'identities\.a\.unsafe_aggregates\.min_rows'.*o1"):
         policy.check_release("a", Label(aggregate=9, aggregate_of=PATIENTS), "o1")
     with pytest.raises(PolicyDenied, match=r"'identities\.a\.raw_read'"):
         policy.check_release("a", Label(raw=PATIENTS, rows=100), "o1")
-    with pytest.raises(PolicyDenied, match=r"'identities\.a\.weights'"):
+    with pytest.raises(PolicyDenied, match=r"'identities\.a\.unsafe_weights'"):
         policy.check_release("a", Label(weights=PATIENTS), "o1")
-    with pytest.raises(PolicyDenied, match=r"'identities\.b\.aggregates'"):
+    with pytest.raises(PolicyDenied, match=r"'identities\.b\.unsafe_aggregates'"):
         policy.check_release("b", Label(aggregate=100, aggregate_of=PATIENTS), "o1")
     with pytest.raises(PolicyDenied, match=r"rule 'identities': identity 'c'"):
         policy.check_release("c", Label(), "o1")

@@ -110,7 +110,7 @@ def test_denied_get_reveals_nothing_of_the_data(hospital, analyst, data):
 
 def test_aggregate_over_too_few_rows_is_denied(analyst, data):
     tiny = analyst.dataset("tiny")
-    with pytest.raises(PolicyDenied, match=r"identities\.analyst\.aggregates\.min_rows"):
+    with pytest.raises(PolicyDenied, match=r"identities\.analyst\.unsafe_aggregates\.min_rows"):
         tiny.mean(axis=0).get()
 
 

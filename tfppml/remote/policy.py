@@ -6,9 +6,9 @@ A policy is a YAML file::
       analyst:                        # the common name of the caller's TLS certificate
         datasets: [patients]          # data sets this identity may compute on
         raw_read: []                  # data sets whose row-level values may be returned (usually none)
-        aggregates: {min_rows: 10}    # sums/means over at least 10 rows of a data set may be returned
         dp: {epsilon_budget: 3.0, delta: 1.0e-5}   # DP-noised sums/means, within this (epsilon, delta) budget
-        weights: true                 # models trained on the data (and their outputs) may be returned
+        unsafe_aggregates: {min_rows: 10}   # opt-in, no formal guarantee: exact linear sums/means over >= 10 rows
+        unsafe_weights: true          # opt-in, no formal guarantee: models trained WITHOUT DP (a raw read, in effect)
         rate_limit: {requests: 100, per_seconds: 1.0}
     default:                          # optional: rules for identities not listed (same fields)
       datasets: []
@@ -21,6 +21,11 @@ What may be returned is decided from each object's `Label` (its provenance), whi
 operations and the shapes alone, never from the values: a denial therefore depends on nothing in the data, and
 its message names the rule and the object, nothing else.
 
+The two ``unsafe_`` rules are named for what they are.  ``unsafe_weights`` releases models trained on the data
+without DP, and such weights can be the data: one full-batch SGD step with a one-hot `x` and the table as `y`
+gives weights that are a fixed multiple of the table, row for row (table / 4 in the attack that prompted the
+rename; their predictions and losses leak the same way).  ``unsafe_aggregates`` releases exact sums and means, and a handful of them can rebuild rows (below).
+
 Limits, stated plainly: "aggregates over at least k rows" is the owner's choice of a disclosure rule, not a
 formal privacy guarantee (two aggregates over sets differing in one row can reveal that row; the worker refuses
 the obvious ways to build such sets, see `tfppml.remote.service`); only the ``dp`` rule gives a formal
@@ -28,7 +33,9 @@ guarantee. An aggregate must be a *linear* function of the data set's columns (s
 after adding, subtracting, scaling or matrix-multiplying them with the caller's row-constant tensors): a sum of a
 non-linear function of the data is a data-dependent selector (``sum(1 / (1 + exp(s * (age - t))))`` counts the
 rows below ``t``; with a bisection on ``t`` and a masked sum it reads single values exactly), so it stays
-row-level data (`Label.nonlinear`). Model outputs and losses on the data set count as non-linear. DP accounting treats each data set row as one individual (add-or-remove-one adjacency), composes
+row-level data (`Label.nonlinear`). Model outputs and losses on the data set count as non-linear.
+
+DP accounting treats each data set row as one individual (add-or-remove-one adjacency), composes
 the Gaussian mechanisms of each identity with dp-accounting's RDP accountant (via `tfppml.dp.accounting`) and
 treats a data set's row count as public.
 
@@ -53,7 +60,13 @@ from tfppml.errors import PolicyDenied
 
 __all__ = ["DpRule", "IdentityRules", "Label", "Policy", "RateLimit"]
 
-_RULE_FIELDS = ("datasets", "raw_read", "aggregates", "dp", "weights", "rate_limit")
+_RULE_FIELDS = ("datasets", "raw_read", "unsafe_aggregates", "dp", "unsafe_weights", "rate_limit")
+#: Fields renamed by issue #18, refused with the new name and the reason (never read under the old name).
+_RENAMED = {
+    "aggregates": ("unsafe_aggregates", "k-row aggregates are not a formal guarantee: a few of them can rebuild rows"),
+    "weights": ("unsafe_weights", "weights trained without DP can memorise the table (one SGD step on a one-hot x "
+                "returns y / 4); train with a tfppml.dp optimizer under the dp rule instead"),
+}
 
 
 _NONLINEAR = (
@@ -356,22 +369,23 @@ class Policy:
         if label.aggregate is not None:
             if rules.min_rows is None:
                 raise PolicyDenied(
-                    f"policy rule '{rules.name}.aggregates' denies returning object {object_id}: identity {who!r} "
-                    "may not receive aggregates of data sets"
+                    f"policy rule '{rules.name}.unsafe_aggregates' denies returning object {object_id}: identity "
+                    f"{who!r} may not receive non-DP aggregates of data sets (use a DP release)"
                 )
             if label.aggregate < rules.min_rows:
                 raise PolicyDenied(
-                    f"policy rule '{rules.name}.aggregates.min_rows' denies returning object {object_id}: it "
+                    f"policy rule '{rules.name}.unsafe_aggregates.min_rows' denies returning object {object_id}: it "
                     f"aggregates fewer than {rules.min_rows} rows"
                 )
-            allowed.append("aggregates")
+            allowed.append("unsafe_aggregates")
         if label.weights:
             if not rules.weights:
                 raise PolicyDenied(
-                    f"policy rule '{rules.name}.weights' denies returning object {object_id}: it depends on a model "
-                    f"trained on data set(s) {sorted(label.weights)}"
+                    f"policy rule '{rules.name}.unsafe_weights' denies returning object {object_id}: it depends on a "
+                    f"model trained without DP on data set(s) {sorted(label.weights)} (train with a tfppml.dp "
+                    "optimizer instead)"
                 )
-            allowed.append("weights")
+            allowed.append("unsafe_weights")
         if label.dp:
             if rules.dp is None:
                 raise PolicyDenied(
@@ -516,6 +530,11 @@ def _parse_rules(raw: Any, name: str, source: str) -> IdentityRules:
         raw = {}
     if not isinstance(raw, dict):
         raise ValueError(f"{where} must be a mapping of rules, got {type(raw).__name__}")
+    renamed = sorted(set(raw) & set(_RENAMED))
+    if renamed:
+        old = renamed[0]
+        new, why = _RENAMED[old]
+        raise ValueError(f"{where}.{old}: this rule is now called {new!r} ({why}); rename it to opt in")
     unknown = sorted(set(raw) - set(_RULE_FIELDS))
     if unknown:
         raise ValueError(f"{where}: unknown rule(s) {unknown}; known rules are {list(_RULE_FIELDS)}")
@@ -526,9 +545,9 @@ def _parse_rules(raw: Any, name: str, source: str) -> IdentityRules:
             f"{where}.raw_read names data sets not in {name}.datasets: {sorted(raw_read - datasets)}"
         )
     min_rows = None
-    if raw.get("aggregates") is not None:
-        aggregates = _mapping(raw["aggregates"], f"{where}.aggregates", ("min_rows",))
-        min_rows = _number(aggregates["min_rows"], f"{where}.aggregates.min_rows", integer=True, low=0)
+    if raw.get("unsafe_aggregates") is not None:
+        aggregates = _mapping(raw["unsafe_aggregates"], f"{where}.unsafe_aggregates", ("min_rows",))
+        min_rows = _number(aggregates["min_rows"], f"{where}.unsafe_aggregates.min_rows", integer=True, low=0)
     dp = None
     if raw.get("dp") is not None:
         dp_raw = _mapping(raw["dp"], f"{where}.dp", ("epsilon_budget", "delta"))
@@ -536,9 +555,9 @@ def _parse_rules(raw: Any, name: str, source: str) -> IdentityRules:
             epsilon_budget=float(_number(dp_raw["epsilon_budget"], f"{where}.dp.epsilon_budget")),
             delta=float(_number(dp_raw["delta"], f"{where}.dp.delta", high=1.0)),
         )
-    weights = raw.get("weights", False)
+    weights = raw.get("unsafe_weights", False)
     if not isinstance(weights, bool):
-        raise ValueError(f"{where}.weights must be true or false, got {weights!r}")
+        raise ValueError(f"{where}.unsafe_weights must be true or false, got {weights!r}")
     rate_limit = None
     if raw.get("rate_limit") is not None:
         rate_raw = _mapping(raw["rate_limit"], f"{where}.rate_limit", ("requests", "per_seconds"))
