@@ -38,6 +38,7 @@ from tfppml.errors import PartyUnavailableError, PolicyDenied
 from tfppml.net.certs import Identity
 from tfppml.net.client import RemoteParty
 from tfppml.net.config import ClusterConfig, load_config
+from tfppml.remote import compiling
 
 if TYPE_CHECKING:  # pragma: no cover
     from tfppml.net.cluster import Cluster
@@ -161,37 +162,53 @@ class Remote:
         *,
         epochs: int = 1,
         batch_size: int = 32,
-        loss: str = "mse",
-        optimizer: str = "sgd",
-        learning_rate: float = 0.01,
-        metrics: Sequence[str] = (),
-        from_logits: bool = False,
+        loss: Any = None,
+        optimizer: Any = None,
+        learning_rate: float | None = None,
+        metrics: Sequence[str] | None = None,
+        from_logits: bool | None = None,
+        l2_norm_clip: float | None = None,
+        noise_multiplier: float | None = None,
         timeout: float | None = 600.0,
     ) -> ModelPointer:
         """Trains a Keras model on the worker, where the data are; returns a pointer to the trained model.
+
+        With a DP optimizer (``optimizer=tfppml.dp.DPSGD(...)``, or ``optimizer="dpsgd"`` with `l2_norm_clip` and
+        `noise_multiplier`) the worker trains with DP-SGD on Poisson-sampled batches of expected size
+        `batch_size`, charges the run's epsilon to the caller's DP budget *before* it starts (refusing it if the
+        budget cannot afford it), and the trained model is a DP release: its weights may be returned under the
+        ``dp`` rule.  The pointer's `privacy` says what it cost.
 
         Args:
           model: A `tf.keras.Model` (sent as JSON configuration + weights, never pickled) or a `ModelPointer`.
           x: Pointer to the inputs.
           y: Pointer to the targets (same number of rows).
-          epochs, batch_size: As for `Model.fit`.
-          loss, optimizer, learning_rate, metrics, from_logits: How the worker compiles the model (names from the
-            worker's allow-list); ignored when `model` is a `ModelPointer` (it keeps the ones it was sent with).
+          epochs, batch_size: As for `Model.fit` (for DP-SGD: passes and the expected batch size).
+          loss, optimizer, learning_rate, metrics, from_logits, l2_norm_clip, noise_multiplier: How the worker
+            compiles the model (see `tfppml.remote.compiling`): each is honoured or refused, and those not given
+            come from `model.compile(...)`; ignored when `model` is a `ModelPointer` (it keeps the ones it was
+            sent with).
           timeout: Seconds to wait for training.
 
         Returns:
           A pointer to the trained model (the sent model is left as it was).
 
         Raises:
-          PolicyDenied, tfppml.net.transport.RemoteError: As for `call` (e.g. a layer not on the allow-list).
+          TypeError, ValueError: a compile argument the worker cannot honour (named).
+          PolicyDenied, tfppml.net.transport.RemoteError: As for `call` (e.g. a layer not on the allow-list, or a
+            DP budget that cannot afford the run).
 
         Example:
           >>> model_ptr = remote.fit(model, x_ptr, y_ptr, epochs=3, loss="mse")   # doctest: +SKIP
+          >>> dp_ptr = remote.fit(model, x_ptr, y_ptr, epochs=15, batch_size=64,            # doctest: +SKIP
+          ...                     optimizer=tfppml.dp.DPSGD(l2_norm_clip=1.0, noise_multiplier=1.5, learning_rate=0.5))
+          >>> dp_ptr.privacy                                                                  # doctest: +SKIP
+          {'epsilon': 2.99, 'delta': 1e-05, 'epsilon_spent': 2.99}
         """
         if not isinstance(model, ModelPointer):
             model = send_model(
                 model, self, loss=loss, optimizer=optimizer, learning_rate=learning_rate, metrics=metrics,
-                from_logits=from_logits,
+                from_logits=from_logits, l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
             )  # fmt: skip
         _check_pointer(x, self, "x")
         _check_pointer(y, self, "y")
@@ -405,6 +422,10 @@ class ModelPointer:
         self.remote = remote
         self.id: str = info["id"]
         self.label: dict[str, Any] = dict(info.get("label", {}))
+        #: For a model trained with DP-SGD: {"epsilon": this run's, "delta", "epsilon_spent": the caller's total}.
+        self.privacy: dict[str, float] | None = (
+            {key: float(info[key]) for key in ("epsilon", "delta", "epsilon_spent")} if "epsilon" in info else None
+        )
         self.model_json = model_json
         self._finalizer = weakref.finalize(self, remote._release, self.id)
 
@@ -486,7 +507,8 @@ def send(value: Any, remote: Remote) -> Pointer | ModelPointer:
 
     Args:
       value: A tf.Tensor, NumPy array, Python number or nested list (float32/float64/int32/int64), or a
-        `tf.keras.Model` (sent as JSON configuration + weights, compiled with mse/sgd; use `send_model` to choose).
+        `tf.keras.Model` (sent as JSON configuration + weights, compiled as `model.compile` set it, else with
+        mse/sgd; use `send_model` to choose).
       remote: The connection.
 
     Returns:
@@ -508,27 +530,24 @@ def send(value: Any, remote: Remote) -> Pointer | ModelPointer:
     return remote._tensor({"op": "put"}, {"value": array})
 
 
-def send_model(
-    model: Any,
-    remote: Remote,
-    *,
-    loss: str = "mse",
-    optimizer: str = "sgd",
-    learning_rate: float = 0.01,
-    metrics: Sequence[str] = (),
-    from_logits: bool = False,
-) -> ModelPointer:
+def send_model(model: Any, remote: Remote, **compile_args: Any) -> ModelPointer:
     """Sends a Keras model (JSON configuration + weights) with how to compile it; returns a `ModelPointer`.
 
+    Args:
+      model: The Keras model.
+      remote: The connection.
+      **compile_args: loss, optimizer, learning_rate, metrics, from_logits, l2_norm_clip, noise_multiplier (see
+        `tfppml.remote.compiling.compile_spec`); those not given come from `model.compile(...)`, if it was.
+
     Raises:
-      TypeError: `model` is not a Keras model.
+      TypeError: `model` is not a Keras model, or a loss / optimizer object the worker cannot build.
+      ValueError: a compile setting the worker cannot honour (named).
       tfppml.net.transport.RemoteError: A layer, activation, loss, optimizer or metric the worker does not allow.
     """
     if not (hasattr(model, "get_weights") and hasattr(model, "to_json")):
         raise TypeError(f"`model` must be a tf.keras.Model, got {type(model).__name__}")
+    compile_spec = compiling.compile_spec(model, **compile_args)
     model_json = model.to_json()
-    compile_spec = {"loss": loss, "optimizer": optimizer, "learning_rate": float(learning_rate),
-                    "metrics": list(metrics), "from_logits": bool(from_logits)}  # fmt: skip
     weights = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
     info, _ = remote.call({"op": "put_model", "model": model_json, "compile": compile_spec}, weights)
     return ModelPointer(remote, info, model_json)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["build_model", "check_compile", "check_model_config", "weights_of"]
+__all__ = ["DP_OPTIMIZERS", "build_model", "check_compile", "check_model_config", "weights_of"]
 
 # Keras classes a model configuration may name (layers, initializers, regularizers, constraints, containers).
 _ALLOWED_CLASSES = frozenset(
@@ -38,13 +38,33 @@ _LOSSES = frozenset(
      "categorical_crossentropy", "sparse_categorical_crossentropy", "huber"}
 )  # fmt: skip
 _METRICS = frozenset({"accuracy", "mse", "mae", "binary_accuracy", "sparse_categorical_accuracy"})
-_OPTIMIZERS = frozenset({"sgd", "adam", "rmsprop", "adagrad"})
 _OPTIMIZER_CLASSES = {
     "sgd": lambda **kw: _keras().optimizers.SGD(**kw),
     "adam": lambda **kw: _keras().optimizers.Adam(**kw),
     "rmsprop": lambda **kw: _keras().optimizers.RMSprop(**kw),
     "adagrad": lambda **kw: _keras().optimizers.Adagrad(**kw),
+    "dpsgd": lambda **kw: _dp().DPSGD(**kw),
+    "dpadam": lambda **kw: _dp().DPAdam(**kw),
+    "dpadagrad": lambda **kw: _dp().DPAdagrad(**kw),
 }
+_OPTIMIZERS = frozenset(_OPTIMIZER_CLASSES)
+#: The DP-SGD optimizers (tfppml.dp): they need `l2_norm_clip` and `noise_multiplier`, and a fit with them is
+#: accounted and charged against the data set's DP budget.
+DP_OPTIMIZERS = frozenset({"dpsgd", "dpadam", "dpadagrad"})
+#: Losses by name -> their Keras class (built as objects, so that from_logits is honoured).
+_LOSS_CLASSES = {
+    "mse": "MeanSquaredError", "mean_squared_error": "MeanSquaredError", "mae": "MeanAbsoluteError",
+    "mean_absolute_error": "MeanAbsoluteError", "binary_crossentropy": "BinaryCrossentropy",
+    "categorical_crossentropy": "CategoricalCrossentropy",
+    "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy", "huber": "Huber",
+}  # fmt: skip
+_LOGIT_LOSSES = frozenset({"binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy"})
+
+
+def _dp() -> Any:
+    import tfppml.dp
+
+    return tfppml.dp
 
 
 def _keras() -> Any:
@@ -122,7 +142,8 @@ def check_compile(spec: Any) -> dict[str, Any]:
         raise ValueError(
             f"`compile` must be a mapping with loss/optimizer/metrics, got {type(spec).__name__}"
         )
-    unknown = sorted(set(spec) - {"loss", "optimizer", "learning_rate", "metrics", "from_logits"})
+    unknown = sorted(set(spec) - {"loss", "optimizer", "learning_rate", "metrics", "from_logits", "l2_norm_clip",
+                                  "noise_multiplier"})
     if unknown:
         raise ValueError(f"`compile` has unknown field(s) {unknown}")
     loss = spec.get("loss", "mse")
@@ -140,8 +161,25 @@ def check_compile(spec: Any) -> dict[str, Any]:
     from_logits = spec.get("from_logits", False)
     if not isinstance(from_logits, bool):
         raise ValueError(f"`compile.from_logits` must be a bool, got {from_logits!r}")
-    return {"loss": loss, "optimizer": optimizer, "learning_rate": float(rate), "metrics": list(metrics),
-            "from_logits": from_logits}  # fmt: skip
+    if from_logits and loss not in _LOGIT_LOSSES:
+        raise ValueError(f"`compile.from_logits` applies to {sorted(_LOGIT_LOSSES)} only, not to loss {loss!r}")
+    checked = {"loss": loss, "optimizer": optimizer, "learning_rate": float(rate), "metrics": list(metrics),
+               "from_logits": from_logits}  # fmt: skip
+    dp_fields = [key for key in ("l2_norm_clip", "noise_multiplier") if key in spec]
+    if optimizer in DP_OPTIMIZERS:
+        for key, high in (("l2_norm_clip", 1e6), ("noise_multiplier", 1e3)):
+            value = spec.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= high:
+                raise ValueError(
+                    f"`compile.{key}` must be a number in (0, {high:g}] for optimizer {optimizer!r}, got {value!r}"
+                )
+            checked[key] = float(value)
+    elif dp_fields:
+        raise ValueError(
+            f"`compile` fields {dp_fields} apply to the DP optimizers {sorted(DP_OPTIMIZERS)} only, not to "
+            f"{optimizer!r}"
+        )
+    return checked
 
 
 def build_model(spec: dict[str, Any], tensors: dict[str, np.ndarray]) -> Any:
@@ -178,11 +216,14 @@ def build_model(spec: dict[str, Any], tensors: dict[str, np.ndarray]) -> Any:
             )
     model.set_weights([tensors[key] for key in names])
     comp = spec["compile"]
-    optimizer = _OPTIMIZER_CLASSES[comp["optimizer"]](learning_rate=comp["learning_rate"])
-    loss: Any = comp["loss"]
-    if comp["from_logits"] and loss in ("binary_crossentropy", "categorical_crossentropy",
-                                       "sparse_categorical_crossentropy"):  # fmt: skip
-        loss = tf.keras.losses.get({"class_name": loss, "config": {"from_logits": True}})
+    options = {"learning_rate": comp["learning_rate"]}
+    if comp["optimizer"] in DP_OPTIMIZERS:
+        options.update(l2_norm_clip=comp["l2_norm_clip"], noise_multiplier=comp["noise_multiplier"])
+    optimizer = _OPTIMIZER_CLASSES[comp["optimizer"]](**options)
+    # A loss object, not a name: `tf.keras.losses.get` of a class-name config returns the plain function and
+    # silently drops from_logits (a model trained on logits as if they were probabilities).
+    loss_class = getattr(tf.keras.losses, _LOSS_CLASSES[comp["loss"]])
+    loss = loss_class(from_logits=True) if comp["from_logits"] else loss_class()
     model.compile(optimizer=optimizer, loss=loss, metrics=comp["metrics"])
     return model
 

@@ -226,7 +226,7 @@ class Policy:
         self._source = source
         self._lock = threading.Lock()
         self._windows: dict[str, deque[float]] = {}
-        self._dp_events: dict[str, list[float]] = {}  # identity -> noise multipliers of its releases
+        self._dp_events: dict[str, list[Any]] = {}  # identity -> its releases: noise multipliers or DpEvents
 
     # -- construction
 
@@ -452,23 +452,67 @@ class Policy:
             events.append(multiplier)
         return multiplier
 
+    def charge_dp_training(
+        self, who: str, *, n: int, batch_size: int, noise_multiplier: float, epochs: int
+    ) -> tuple[float, float]:
+        """Reserves a DP-SGD run (Poisson sampling, ``ceil(epochs * n / batch_size)`` steps) for `who`.
+
+        Returns:
+          ``(epsilon of this run alone, epsilon spent by `who` with it)``, both at the rule's delta.
+
+        Raises:
+          PolicyDenied: No ``dp`` rule, or the run would exceed the budget (rule '<identity>.dp.epsilon_budget');
+            nothing is recorded then.
+        """
+        from tfppml.dp.accounting import dp_sgd_event
+
+        rules = self.rules_for(who)
+        rule = self.dp_rule(who)
+        event = dp_sgd_event(n, batch_size, noise_multiplier, epochs, poisson=True)
+        alone = _composed_epsilon([event], rule.delta)
+        with self._lock:
+            events = self._dp_events.setdefault(who, [])
+            total = _composed_epsilon([*events, event], rule.delta)
+            if total > rule.epsilon_budget + 1e-9:
+                spent = _composed_epsilon(events, rule.delta)
+                raise PolicyDenied(
+                    f"policy rule '{rules.name}.dp.epsilon_budget': this DP training (epsilon={alone:.3g} for "
+                    f"{epochs} epoch(s) of {n} rows at batch size {batch_size}, noise multiplier "
+                    f"{noise_multiplier:g}) would bring identity {who!r} to epsilon={total:.3g} > budget "
+                    f"{rule.epsilon_budget:g} (spent so far: {spent:.3g}, delta={rule.delta:g}); raise the noise "
+                    "multiplier or train fewer epochs"
+                )
+            events.append(event)
+        return alone, total
+
     def replay_dp(self, who: str, multiplier: float) -> None:
         """Records a past release (from the audit log after a restart), without checking the budget."""
         with self._lock:
             self._dp_events.setdefault(who, []).append(float(multiplier))
 
+    def replay_dp_training(self, who: str, *, n: int, batch_size: int, noise_multiplier: float, epochs: int) -> None:
+        """Records a past DP-SGD run (from the audit log after a restart), without checking the budget."""
+        from tfppml.dp.accounting import dp_sgd_event
 
-def _composed_epsilon(multipliers: Iterable[float], delta: float) -> float:
-    multipliers = list(multipliers)
-    if not multipliers:
+        with self._lock:
+            self._dp_events.setdefault(who, []).append(
+                dp_sgd_event(n, batch_size, noise_multiplier, epochs, poisson=True)
+            )
+
+
+def _composed_epsilon(events: Iterable[Any], delta: float) -> float:
+    """Epsilon at `delta` of the composed releases: noise multipliers of single Gaussian releases, or
+    dp-accounting events (a DP-SGD run)."""
+    events = list(events)
+    if not events:
         return 0.0
     import dp_accounting
 
     from tfppml.dp.accounting import make_accountant
 
     accountant = make_accountant("rdp")
-    for multiplier in multipliers:
-        accountant.compose(dp_accounting.GaussianDpEvent(multiplier))
+    for event in events:
+        accountant.compose(event if isinstance(event, dp_accounting.DpEvent) else dp_accounting.GaussianDpEvent(event))
     return float(accountant.get_epsilon(delta))
 
 

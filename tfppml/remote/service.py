@@ -67,7 +67,7 @@ from tfppml.errors import PolicyDenied
 from tfppml.net.channel import Channel
 from tfppml.net.config import ClusterConfig
 from tfppml.remote.audit import AuditLog
-from tfppml.remote.models import build_model, check_compile, check_model_config, weights_of
+from tfppml.remote.models import DP_OPTIMIZERS, build_model, check_compile, check_model_config, weights_of
 from tfppml.remote.policy import Label, Policy
 from tfppml.remote.provenance import (
     StoredObject,
@@ -455,17 +455,62 @@ class RemoteService:
         batch_size = _positive_int(meta.get("batch_size", 32), "batch_size", 1 << 20)
         _check_rows(x, y)
         record.update(epochs=epochs, batch_size=batch_size)
+        spec = source.model_spec
+        private = spec["compile"]["optimizer"] in DP_OPTIMIZERS
+        reply: dict[str, Any] = {}
+        if private:
+            reply = self._charge_training(caller, meta, x, y, spec["compile"], epochs, batch_size, record)
         with self._keras_lock:
-            model = build_model(source.model_spec, weights_of(source.model))
+            model = build_model(spec, weights_of(source.model))
             try:
-                model.fit(x.value, y.value, epochs=epochs, batch_size=batch_size, verbose=0)
+                if private:
+                    import tfppml.dp
+                    from tfppml.dp.accounting import steps_for
+
+                    # Poisson sampling, as the accountant assumes: each row joins each step's batch with
+                    # probability batch_size / n, for ceil(epochs * n / batch_size) steps (fresh randomness).
+                    n = int(x.value.shape[0])
+                    data = tfppml.dp.poisson_sample(
+                        x.value, y.value, batch_size=batch_size, steps=steps_for(n, batch_size, epochs)
+                    )
+                    model.fit(data, epochs=1, verbose=0)
+                else:
+                    model.fit(x.value, y.value, epochs=epochs, batch_size=batch_size, verbose=0)
             except (ValueError, tf.errors.InvalidArgumentError) as err:
                 raise ValueError(
                     f"fit failed on x {list(x.value.shape)} and y {list(y.value.shape)}: {_first_line(err)}"
                 ) from None
-        label = source.label.join(x.label.join(y.label).trained())
-        obj = StoredObject(caller, "model", label, model=model, model_spec=source.model_spec)
-        return self._store(caller, obj, record), {}
+        data_label = x.label.join(y.label)
+        # A DP-SGD model is a DP release of the data (releasable under the dp rule, like a noised sum).
+        label = source.label.join(data_label.noised() if private else data_label.trained())
+        obj = StoredObject(caller, "model", label, model=model, model_spec=spec)
+        return {**self._store(caller, obj, record), **reply}, {}
+
+    def _charge_training(
+        self, caller: str, meta: dict, x: StoredObject, y: StoredObject, comp: dict, epochs: int, batch_size: int,
+        record: dict,
+    ) -> dict[str, Any]:
+        """Checks that a DP-SGD run's rows are one individual each and charges its epsilon before it starts."""
+        pair = paired_label(x, y)
+        raw = [o for o in (x, y) if o.label.raw]
+        certified = bool(raw) and all(o.label.rows == x.value.shape[0] for o in raw)
+        if not certified or pair.aggregate_of or pair.weights or pair.dp:
+            rules = self._policy.rules_for(caller)
+            raise PolicyDenied(
+                f"policy rule '{rules.name}.dp' denies DP training on objects {meta.get('x')} and {meta.get('y')}: "
+                "their rows are not certified to be one individual each (mixed with a row-varying tensor, "
+                "reshaped, aggregated, from a trained model, or no data set at all), so the accounting's "
+                "adjacency does not hold"
+            )
+        n = int(x.value.shape[0])
+        if batch_size > n:
+            raise ValueError(f"`batch_size` must be at most the {n} rows for DP training, got {batch_size}")
+        epsilon, total = self._policy.charge_dp_training(
+            caller, n=n, batch_size=batch_size, noise_multiplier=comp["noise_multiplier"], epochs=epochs
+        )
+        delta = self._policy.dp_rule(caller).delta
+        record.update(dp_training={"n": n, "noise_multiplier": comp["noise_multiplier"]}, epsilon=epsilon)
+        return {"epsilon": epsilon, "delta": delta, "epsilon_spent": total}
 
     def _op_predict(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         import tensorflow as tf
@@ -538,6 +583,13 @@ class RemoteService:
         for entry in self._audit.entries():
             if entry.get("op") == "dp" and entry.get("allowed") and entry.get("noise_multiplier"):
                 self._policy.replay_dp(entry["who"], entry["noise_multiplier"])
+            training = entry.get("dp_training")
+            if entry.get("op") == "fit" and isinstance(training, dict):
+                # Charged before training: a run that failed afterwards still counts.
+                self._policy.replay_dp_training(
+                    entry["who"], n=training["n"], batch_size=entry["batch_size"],
+                    noise_multiplier=training["noise_multiplier"], epochs=entry["epochs"],
+                )  # fmt: skip
 
 
 def _rule_of(err: PolicyDenied) -> str:
