@@ -436,21 +436,26 @@ class Policy:
         """
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < math.inf:
             raise ValueError(f"`epsilon` must be a positive finite number, got {epsilon!r}")
+        multiplier = _calibrate(float(epsilon), self.dp_rule(who).delta)
+        self._charge(who, multiplier, f"this release (epsilon={epsilon:g})", "")
+        return multiplier
+
+    def _charge(self, who: str, event: Any, what: str, advice: str) -> float:
+        """Records `event` for `who` if all its releases composed stay within its budget; returns the total."""
         rules = self.rules_for(who)
         rule = self.dp_rule(who)
-        multiplier = _calibrate(float(epsilon), rule.delta)
         with self._lock:
             events = self._dp_events.setdefault(who, [])
-            total = _composed_epsilon([*events, multiplier], rule.delta)
+            total = _composed_epsilon([*events, event], rule.delta)
             if total > rule.epsilon_budget + 1e-9:
                 spent = _composed_epsilon(events, rule.delta)
                 raise PolicyDenied(
-                    f"policy rule '{rules.name}.dp.epsilon_budget': this release (epsilon={epsilon:g}) would bring "
-                    f"identity {who!r} to epsilon={total:.3g} > budget {rule.epsilon_budget:g} "
-                    f"(spent so far: {spent:.3g}, delta={rule.delta:g})"
+                    f"policy rule '{rules.name}.dp.epsilon_budget': {what} would bring identity {who!r} to "
+                    f"epsilon={total:.3g} > budget {rule.epsilon_budget:g} (spent so far: {spent:.3g}, "
+                    f"delta={rule.delta:g}){advice}"
                 )
-            events.append(multiplier)
-        return multiplier
+            events.append(event)
+        return total
 
     def charge_dp_training(
         self, who: str, *, n: int, batch_size: int, noise_multiplier: float, epochs: int
@@ -466,23 +471,11 @@ class Policy:
         """
         from tfppml.dp.accounting import dp_sgd_event
 
-        rules = self.rules_for(who)
-        rule = self.dp_rule(who)
         event = dp_sgd_event(n, batch_size, noise_multiplier, epochs, poisson=True)
-        alone = _composed_epsilon([event], rule.delta)
-        with self._lock:
-            events = self._dp_events.setdefault(who, [])
-            total = _composed_epsilon([*events, event], rule.delta)
-            if total > rule.epsilon_budget + 1e-9:
-                spent = _composed_epsilon(events, rule.delta)
-                raise PolicyDenied(
-                    f"policy rule '{rules.name}.dp.epsilon_budget': this DP training (epsilon={alone:.3g} for "
-                    f"{epochs} epoch(s) of {n} rows at batch size {batch_size}, noise multiplier "
-                    f"{noise_multiplier:g}) would bring identity {who!r} to epsilon={total:.3g} > budget "
-                    f"{rule.epsilon_budget:g} (spent so far: {spent:.3g}, delta={rule.delta:g}); raise the noise "
-                    "multiplier or train fewer epochs"
-                )
-            events.append(event)
+        alone = _composed_epsilon([event], self.dp_rule(who).delta)
+        what = (f"this DP training (epsilon={alone:.3g} for {epochs} epoch(s) of {n} rows at batch size {batch_size}, "
+                f"noise multiplier {noise_multiplier:g})")  # fmt: skip
+        total = self._charge(who, event, what, "; raise the noise multiplier or train fewer epochs")
         return alone, total
 
     def replay_dp(self, who: str, multiplier: float) -> None:
