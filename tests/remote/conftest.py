@@ -11,12 +11,14 @@ import pytest
 import yaml
 
 from tfppml.net.cluster import Cluster, Worker
+from tfppml.remote.audit import generate_key
 
 IDENTITIES = ("analyst", "driver", "stranger", "limited", "nobody", "careful")
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 MAX_OBJECT_BYTES = 4 * 1024 * 1024
 
 POLICY = {
+    "datasets": {name: {"dp": {"epsilon_budget": 4.0, "delta": 1.0e-5}} for name in ("patients", "labels", "tiny")},
     "identities": {
         "analyst": {
             "datasets": ["patients", "labels", "tiny"],
@@ -44,14 +46,19 @@ def make_data(seed: int = 7) -> dict[str, np.ndarray]:
 
 
 def write_setup(directory: Path, policy: dict = POLICY) -> dict[str, str]:
-    """Writes data.npz and policy.yaml into `directory`; returns the worker's service options."""
+    """Writes data.npz, policy.yaml and an audit key into `directory` (the log in logs/, the key in keys/);
+    returns the worker's service options."""
     directory.mkdir(parents=True, exist_ok=True)
     np.savez(directory / "data.npz", **make_data())
     (directory / "policy.yaml").write_text(yaml.safe_dump(policy))
+    key = directory / "keys" / "audit.key"
+    if not key.exists():
+        generate_key(key)
     return {
         "data": str(directory / "data.npz"),
         "policy": str(directory / "policy.yaml"),
-        "audit": str(directory / "audit.log"),
+        "audit": str(directory / "logs" / "audit.log"),
+        "audit_key": str(key),
         "max_object_bytes": str(MAX_OBJECT_BYTES),
     }
 

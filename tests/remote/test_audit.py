@@ -1,112 +1,200 @@
-"""The hash-chained audit log and `tfppml audit verify/show` (no worker needed)."""
+"""The authenticated audit log and `tfppml audit keygen/verify/show` (no worker needed).
 
+A crafty insider who can edit the log's files (issue #18, attack 4) edits a denial to "allowed" and re-chains
+every later entry, reorders, deletes or truncates entries, or deletes the checkpoint.  Each is caught by
+`verify_log` with the key; the control shows that the former unkeyed SHA-256 chain accepts the re-chained edit.
+"""
+
+import hashlib
 import json
+import os
 
 import pytest
 
 from tfppml.cli import main
-from tfppml.remote.audit import GENESIS, AuditLog, AuditLogError, entry_hash, verify_log
+from tfppml.remote.audit import (
+    GENESIS,
+    AuditLog,
+    AuditLogError,
+    checkpoint_path,
+    generate_key,
+    load_key,
+    verify_log,
+)
 
 
-def _write(path, count=5):
-    with AuditLog(path) as log:
+@pytest.fixture
+def key(tmp_path):
+    return generate_key(tmp_path / "keys" / "audit.key")
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "logs" / "a.log"
+
+
+def _write(path, key, count=5):
+    with AuditLog(path, key) as log:
         for index in range(count):
             log.append(who="analyst", op="get", objects=[f"o{index}"], allowed=index % 2 == 0, result_bytes=8)
     return path.read_text().splitlines()
 
 
 def _rewrite(path, lines):
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("".join(line + "\n" for line in lines))
 
 
-def test_chain_links_every_entry(tmp_path):
-    lines = _write(tmp_path / "a.log")
+def _canonical(entry):
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"))
+
+
+def _rechain(lines, digest):
+    """An insider's re-chaining: every entry's link and MAC recomputed with `digest` (no key)."""
+    prev, out = GENESIS, []
+    for line in lines:
+        entry = json.loads(line)
+        entry["prev"] = prev
+        entry.pop("mac", None)
+        entry["mac"] = digest(_canonical(entry).encode())
+        prev = entry["mac"]
+        out.append(_canonical(entry))
+    return out
+
+
+def _unkeyed_verify(lines):
+    """The verification of the log before #18: an unkeyed SHA-256 chain (the weakened build of the control)."""
+    prev = GENESIS
+    for line in lines:
+        entry = json.loads(line)
+        body = {k: v for k, v in entry.items() if k != "mac"}
+        if entry["prev"] != prev or entry["mac"] != hashlib.sha256(_canonical(body).encode()).hexdigest():
+            return False
+        prev = entry["mac"]
+    return True
+
+
+def test_every_entry_is_authenticated_and_chained(path, key):
+    lines = _write(path, key)
     entries = [json.loads(line) for line in lines]
-    assert [e["seq"] for e in entries] == list(range(5))
-    assert entries[0]["prev"] == GENESIS
+    assert [e["seq"] for e in entries] == list(range(5)) and entries[0]["prev"] == GENESIS
     for before, after in zip(entries, entries[1:]):
-        assert after["prev"] == before["hash"] == entry_hash(before)
-    result = verify_log(tmp_path / "a.log")
-    assert result.entries == 5 and result.head == entries[-1]["hash"]
+        assert after["prev"] == before["mac"]
+    result = verify_log(path, key)
+    assert result.entries == 5 and result.head == entries[-1]["mac"] and result.checkpointed
 
 
-def test_edited_entry_is_named(tmp_path):
-    path = tmp_path / "a.log"
-    lines = _write(path)
-    entry = json.loads(lines[2])
-    entry["allowed"] = not entry["allowed"]  # pretend a denied request was allowed
-    lines[2] = json.dumps(entry, sort_keys=True, separators=(",", ":"))
-    _rewrite(path, lines)
-    with pytest.raises(AuditLogError, match=r"entry 3 \(line 3\): its hash does not match its content"):
-        verify_log(path)
-
-
-def test_edited_entry_with_recomputed_hash_breaks_the_next_link(tmp_path):
-    path = tmp_path / "a.log"
-    lines = _write(path)
+def _flip_denial(lines):
     entry = json.loads(lines[1])
-    entry["who"] = "someone-else"
-    entry["hash"] = entry_hash(entry)
-    lines[1] = json.dumps(entry)
-    _rewrite(path, lines)
-    with pytest.raises(AuditLogError, match=r"entry 3 \(line 3\): its prev hash does not match entry 2"):
-        verify_log(path)
+    assert entry["allowed"] is False
+    entry["allowed"] = True
+    return [lines[0], _canonical(entry), *lines[2:]]
+
+
+def test_control_the_unkeyed_chain_accepts_a_rechained_edit(path, key):
+    lines = _rechain(_write(path, key), lambda body: hashlib.sha256(body).hexdigest())
+    assert _unkeyed_verify(_flip_denial(lines)) is False  # a plain edit is caught even there ...
+    assert _unkeyed_verify(_rechain(_flip_denial(lines), lambda body: hashlib.sha256(body).hexdigest()))  # ... not this
 
 
 @pytest.mark.parametrize(
-    "change,match",
+    "change, match",
     [
-        (lambda lines: lines[:2] + lines[3:], r"entry 3 \(line 3\) has seq 3, expected 2"),
+        (_flip_denial, r"entry 2 \(line 2\): its MAC does not authenticate"),
+        (lambda lines: _rechain(_flip_denial(lines), lambda b: hashlib.sha256(b).hexdigest()),
+         r"entry 1 \(line 1\): its MAC does not authenticate"),
         (lambda lines: [lines[1], lines[0], *lines[2:]], r"entry 1 \(line 1\) has seq 1, expected 0"),
+        (lambda lines: lines[:2] + lines[3:], r"entry 3 \(line 3\) has seq 3, expected 2"),
         (lambda lines: lines[:2] + ["not json"] + lines[2:], r"entry 3 \(line 3\) is not valid JSON"),
+        (lambda lines: lines[:3], r"holds 3 entries but its checkpoint records 5: entries were cut off the end"),
+        (lambda lines: [], r"holds 0 entries but its checkpoint records 5"),
     ],
-    ids=["removed", "reordered", "inserted"],
+    ids=["edited", "edited-and-rechained", "reordered", "deleted", "inserted", "truncated", "emptied"],
 )
-def test_removed_reordered_inserted_entries_are_detected(tmp_path, change, match):
-    path = tmp_path / "a.log"
-    _rewrite(path, change(_write(path)))
+def test_every_manipulation_is_caught(path, key, change, match, capsys):
+    _rewrite(path, change(_write(path, key)))
     with pytest.raises(AuditLogError, match=match):
-        verify_log(path)
+        verify_log(path, key)
+    with pytest.raises(AuditLogError):
+        AuditLog(path, key)  # nor is a tampered log extended
+    assert main(["audit", "verify", str(path), "--key", str(key.path)]) == 1
+    assert "FAILED" in capsys.readouterr().err
 
 
-def test_reopened_log_continues_the_chain(tmp_path):
-    path = tmp_path / "a.log"
-    _write(path, 3)
-    with AuditLog(path) as log:
-        entry = log.append(who="analyst", op="info", allowed=True)
-    assert entry["seq"] == 3
-    assert verify_log(path).entries == 4
+def test_a_deleted_checkpoint_or_log_and_a_forged_checkpoint_are_caught(path, key, tmp_path):
+    lines = _write(path, key)
+    saved = checkpoint_path(path).read_text()
+    checkpoint_path(path).unlink()
+    with pytest.raises(AuditLogError, match="checkpoint a.log.checkpoint is missing"):
+        verify_log(path, key)
+    forged = json.loads(saved)
+    forged["entries"] = 3
+    checkpoint_path(path).write_text(json.dumps(forged))
+    _rewrite(path, lines[:3])
+    with pytest.raises(AuditLogError, match="checkpoint a.log.checkpoint does not authenticate"):
+        verify_log(path, key)
+    checkpoint_path(path).write_text(saved)
+    path.unlink()
+    with pytest.raises(AuditLogError, match="missing but its checkpoint exists"):
+        AuditLog(path, key)
 
 
-def test_tampered_or_torn_log_is_not_extended(tmp_path):
-    path = tmp_path / "a.log"
-    lines = _write(path, 3)
-    _rewrite(path, [lines[0], lines[1].replace('"analyst"', '"mallory"'), lines[2]])
-    with pytest.raises(AuditLogError, match="entry 2"):
-        AuditLog(path)
-    torn = tmp_path / "torn.log"
-    torn.write_text("\n".join(_write(tmp_path / "b.log", 2)) + "\n" + '{"seq": 2, "who"')
-    with pytest.raises(AuditLogError, match=r"entry 3 \(line 3\) is incomplete"):
-        AuditLog(torn)
+def test_the_wrong_key_fails(path, key, tmp_path):
+    _write(path, key)
+    other = generate_key(tmp_path / "keys" / "other.key")
+    with pytest.raises(AuditLogError, match=r"entry 1 \(line 1\): its MAC does not authenticate"):
+        verify_log(path, other)
+    with pytest.raises(AuditLogError):
+        verify_log(path, key, purpose="ledger")  # a log cannot pass as the ledger, nor the reverse
 
 
-def test_reserved_fields_are_refused(tmp_path):
-    with AuditLog(tmp_path / "a.log") as log:
-        with pytest.raises(ValueError, match=r"fields \['hash'\] are set by the log itself"):
-            log.append(hash="x")
+def test_a_crash_between_entry_and_checkpoint_verifies_and_is_repaired(path, key):
+    lines = _write(path, key, 3)
+    saved = checkpoint_path(path).read_text()
+    with AuditLog(path, key) as log:
+        log.append(who="analyst", op="info", allowed=True)
+    checkpoint_path(path).write_text(saved)  # as if the process died before rewriting the checkpoint
+    result = verify_log(path, key)
+    assert result.entries == 4 and not result.checkpointed
+    with AuditLog(path, key) as log:
+        assert log.append(who="analyst", op="info", allowed=True)["seq"] == 4
+    assert verify_log(path, key).checkpointed and len(lines) == 3
 
 
-def test_cli_verify_and_show(tmp_path, capsys):
-    path = tmp_path / "a.log"
-    lines = _write(path)
-    assert main(["audit", "verify", str(path)]) == 0
-    assert "OK: 5 entries" in capsys.readouterr().out
+def test_keys_are_checked_where_they_are_loaded(tmp_path, path, key):
+    with pytest.raises(FileExistsError):
+        generate_key(key.path)
+    assert oct(key.path.stat().st_mode & 0o777) == "0o600"
+    os.chmod(key.path, 0o644)
+    with pytest.raises(ValueError, match="group and others must have no access"):
+        load_key(key.path)
+    os.chmod(key.path, 0o600)
+    inside = generate_key(path.parent / "key")
+    with pytest.raises(ValueError, match="in the audit log's directory"):
+        load_key(inside.path, log=path)
+    bad = tmp_path / "keys" / "bad.key"
+    bad.write_text("not hex")
+    os.chmod(bad, 0o600)
+    with pytest.raises(ValueError, match="must hold 64 hex digits"):
+        load_key(bad)
+    assert "secret" not in repr(load_key(key.path)) and key.secret.hex() not in repr(load_key(key.path))
+
+
+def test_reserved_fields_are_refused(path, key):
+    with AuditLog(path, key) as log:
+        with pytest.raises(ValueError, match=r"fields \['mac'\] are set by the log itself"):
+            log.append(mac="x")
+
+
+def test_cli_keygen_verify_and_show(tmp_path, path, key, capsys):
+    _write(path, key)
+    assert main(["audit", "verify", str(path), "--key", str(key.path)]) == 0
+    assert "OK: 5 entries authenticated" in capsys.readouterr().out
     assert main(["audit", "show", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 5 and out[1].startswith("#1 ") and "analyst get o1 DENIED" in out[1]
     assert main(["audit", "show", "--denied", "--json", str(path)]) == 0
     assert [json.loads(line)["seq"] for line in capsys.readouterr().out.splitlines()] == [1, 3]
-    _rewrite(path, [lines[0], lines[1].replace('"o1"', '"o9"'), *lines[2:]])
-    assert main(["audit", "verify", str(path)]) == 1
-    assert "FAILED" in capsys.readouterr().err
-    assert main(["audit", "verify", str(tmp_path / "missing.log")]) == 2
+    assert main(["audit", "verify", str(tmp_path / "missing.log"), "--key", str(key.path)]) == 2
+    made = tmp_path / "keys" / "new.key"
+    assert main(["audit", "keygen", str(made)]) == 0 and load_key(made)
+    assert main(["audit", "keygen", str(made)]) == 2

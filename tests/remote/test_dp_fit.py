@@ -14,11 +14,13 @@ import tfppml.remote
 from tfppml.errors import PolicyDenied
 from tfppml.net.cluster import Cluster, Worker
 from tfppml.remote import compiling
+from tfppml.remote.audit import generate_key
 
 EPSILON, DELTA = 3.0, 1e-5
 BATCH, EPOCHS = 128, 40  # 6 seeds on this machine: 0.914-0.922 test accuracy at epsilon 2.9
 
 POLICY = {
+    "datasets": {name: {"dp": {"epsilon_budget": EPSILON, "delta": DELTA}} for name in ("digits_x", "digits_y")},
     "identities": {
         "scientist": {"datasets": ["digits_x", "digits_y"], "dp": {"epsilon_budget": EPSILON, "delta": DELTA}},
         "insider": {"datasets": ["digits_x", "digits_y"], "unsafe_weights": True},
@@ -39,7 +41,8 @@ def clinic(tmp_path_factory, digits):
     np.savez(directory / "data.npz", digits_x=x, digits_y=y)
     (directory / "policy.yaml").write_text(yaml.safe_dump(POLICY))
     options = {"data": str(directory / "data.npz"), "policy": str(directory / "policy.yaml"),
-               "audit": str(directory / "audit.log")}
+               "audit": str(directory / "logs" / "audit.log"),
+               "audit_key": str(generate_key(directory / "keys" / "audit.key").path)}
     with Cluster(Worker("127.0.0.1:0", name="clinic"), service="remote", service_options=options,
                  identities=tuple(POLICY["identities"]), timeout=120.0) as cluster:
         yield cluster

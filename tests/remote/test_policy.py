@@ -87,20 +87,25 @@ def test_rate_limit_window():
     policy.check_rate("a", now=10.5)  # the first request left the window
 
 
-def test_dp_budget_composes_and_refuses():
-    policy = Policy.from_dict({"identities": {"a": {"dp": {"epsilon_budget": 1.0, "delta": 1e-5}}, "b": {}}})
-    multiplier = policy.charge_dp("a", 0.5)
-    assert multiplier > 1.0
-    assert 0.45 < policy.dp_spent("a") <= 0.5 + 1e-6
-    with pytest.raises(PolicyDenied, match=r"identities\.a\.dp\.epsilon_budget.*budget 1"):
-        for _ in range(20):  # RDP composition: a few 0.5 releases fit in 1.0, not twenty
-            policy.charge_dp("a", 0.5)
-            assert policy.dp_spent("a") <= 1.0 + 1e-9
-    assert 0.9 < policy.dp_spent("a") <= 1.0 + 1e-9
+def test_dp_budgets_are_the_identity_cap_and_each_data_set_budget():
+    policy = Policy.from_dict({
+        "datasets": {"patients": {"dp": {"epsilon_budget": 3.0, "delta": 1e-6}}},
+        "identities": {"a": {"dp": {"epsilon_budget": 1.0, "delta": 1e-5}}, "b": {}},
+        "default": {"dp": {"epsilon_budget": 0.5, "delta": 1e-5}},
+    })
+    caps = policy.dp_budgets("a", ["patients"])
+    assert [(b.key, b.epsilon, b.delta, b.rule) for b in caps] == [
+        (("identity", "identities.a"), 1.0, 1e-5, "identities.a.dp"),
+        (("dataset", "patients"), 3.0, 1e-6, "datasets.patients.dp"),
+    ]
+    # Everyone under `default` shares one cap: minting certificates does not multiply it.
+    assert policy.dp_budgets("x", [])[0].key == policy.dp_budgets("y", [])[0].key == ("identity", "default")
     with pytest.raises(PolicyDenied, match=r"identities\.b\.dp"):
-        policy.charge_dp("b", 0.1)
-    with pytest.raises(ValueError, match="`epsilon` must be a positive finite number"):
-        policy.charge_dp("a", 0)
+        policy.dp_budgets("b", ["patients"])
+    with pytest.raises(PolicyDenied, match=r"'datasets\.labels\.dp': data set 'labels' has no DP budget"):
+        policy.dp_budgets("a", ["labels"])
+    with pytest.raises(ValueError, match=r"datasets\.patients\.dp must have exactly the fields"):
+        Policy.from_dict({"datasets": {"patients": {"dp": {"epsilon": 1}}}})
 
 
 def test_a_nonlinear_function_of_rows_never_becomes_an_aggregate():

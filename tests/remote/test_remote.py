@@ -13,7 +13,7 @@ from tfppml.errors import PartyUnavailableError, PolicyDenied, ProtocolError
 from tfppml.net import codec
 from tfppml.net.certs import Identity, generate_certificates
 from tfppml.net.transport import CALL, RemoteError, channel_options
-from tfppml.remote.audit import read_entries, verify_log
+from tfppml.remote.audit import load_key, read_entries, verify_log
 
 from .conftest import MAX_MESSAGE_BYTES
 
@@ -303,11 +303,11 @@ def test_objects_are_freed_on_gc_and_delete(analyst):
 
 def test_audit_log_of_the_live_worker_verifies(hospital, analyst):
     _, options = hospital
-    result = verify_log(options["audit"])
+    result = verify_log(options["audit"], load_key(options["audit_key"]))
     entries = _entries(options)
     assert result.entries == len(entries) > 20
     for entry in entries:
-        assert {"who", "op", "allowed", "seq", "prev", "hash"} <= set(entry)
+        assert {"who", "op", "allowed", "seq", "prev", "mac"} <= set(entry)
     assert {e["who"] for e in entries} >= {"analyst", "driver", "stranger", "nobody", "limited"}
     gets = [e for e in entries if e["op"] == "get" and e.get("allowed") and "error" not in e]
     assert all(e["result_bytes"] >= 0 and e["objects"] for e in gets)

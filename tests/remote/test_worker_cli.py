@@ -25,7 +25,8 @@ def test_cli_worker_with_data_policy_and_port(tmp_path):
     port = portpicker.pick_unused_port()
     worker = subprocess.Popen(
         [sys.executable, "-m", "tfppml.cli", "worker", "--name", "hospital", "--config", str(config_path),
-         "--data", options["data"], "--policy", options["policy"], "--audit", options["audit"], "--port", str(port)],
+         "--data", options["data"], "--policy", options["policy"], "--audit", options["audit"],
+         "--audit-key", options["audit_key"], "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -46,4 +47,4 @@ def test_cli_worker_with_data_policy_and_port(tmp_path):
     finally:
         worker.terminate()
         worker.wait(30)
-    assert (tmp_path / "owner" / "audit.log").read_text().count("\n") >= 3
+    assert (tmp_path / "owner" / "logs" / "audit.log").read_text().count("\n") >= 3

@@ -101,6 +101,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="data-owner worker: its policy (same as --option policy=YAML)")
     worker.add_argument("--audit", default=None, metavar="LOG",
                         help="data-owner worker: its audit log (same as --option audit=LOG)")
+    worker.add_argument("--audit-key", default=None, metavar="KEY", dest="audit_key",
+                        help="data-owner worker: the key authenticating its audit log and privacy ledger, kept "
+                             "outside the log's directory (same as --option audit_key=KEY; `tfppml audit keygen`)")
     worker.add_argument("--port", type=int, default=None, metavar="PORT",
                         help="listen on this port of the configured host (instead of the config's port)")
     worker.add_argument(
@@ -209,7 +212,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         if not sep or not key:
             return _fail(f"--option must be KEY=VALUE, got {item!r}")
         options[key] = value
-    for key in ("data", "policy", "audit"):
+    for key in ("data", "policy", "audit", "audit_key"):
         value = getattr(args, key)
         if value is not None:
             options[key] = os.path.abspath(value)  # the service may run in another working directory

@@ -1,7 +1,10 @@
-"""`tfppml audit verify LOG` and `tfppml audit show LOG`.
+"""`tfppml audit keygen KEY`, `tfppml audit verify LOG --key KEY` and `tfppml audit show LOG`.
 
-tfppml audit verify hospital-audit.log     # exit 0 and the head hash if the chain holds; 1 naming the entry if not
-tfppml audit show hospital-audit.log       # one readable line per entry (--json for the raw lines)
+tfppml audit keygen /etc/tfppml/hospital-audit.key        # a fresh 0600 audit key (never overwrites one)
+tfppml audit verify hospital-audit.log --key KEY          # exit 0 and the head MAC if the log and its checkpoint
+                                                          # authenticate; 1 naming the first bad entry if not
+tfppml audit verify hospital-audit.log.ledger --key KEY --ledger   # the privacy ledger
+tfppml audit show hospital-audit.log                      # one readable line per entry (--json for the raw lines)
 """
 
 from __future__ import annotations
@@ -15,23 +18,33 @@ __all__ = ["format_entry", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds `audit verify` and `audit show` to the tfppml command line."""
+    """Adds `audit keygen`, `audit verify` and `audit show` to the tfppml command line."""
     audit = subparsers.add_parser(
         "audit",
-        help="check or print a remote worker's audit log",
-        description="Check the hash chain of a remote worker's audit log, or print it readably.",
+        help="make a key for, authenticate or print a remote worker's audit log",
+        description="Make an audit key, authenticate a remote worker's audit log or ledger, or print a log.",
     )
     actions = audit.add_subparsers(dest="audit_command", metavar="ACTION")
+    keygen = actions.add_parser(
+        "keygen",
+        help="make an audit key",
+        description="Write a fresh random audit key (mode 0600) for a worker's audit_key option; never overwrites.",
+    )
+    keygen.add_argument("key", metavar="KEY", help="the key file to create (outside the log's directory)")
+    keygen.set_defaults(func=_run_keygen)
     verify = actions.add_parser(
         "verify",
-        help="check the hash chain",
+        help="authenticate a log",
         description=(
-            "Check every entry's hash and its link to the previous entry. Exit 0 with the entry count and the head "
-            "hash (compare it with one recorded elsewhere to detect entries cut off the end), or 1 naming the "
-            "first broken entry."
+            "Authenticate every entry (HMAC-SHA256 under the audit key), its link to the previous entry and the "
+            "log's checkpoint. Exit 0 with the entry count and the head MAC (record it elsewhere to detect an "
+            "older copy of the log put back), or 1 naming the first bad entry: edited, re-chained, inserted, "
+            "removed, reordered, cut off the end, a missing checkpoint, or the wrong key."
         ),
     )
-    verify.add_argument("log", metavar="LOG", help="the audit log file")
+    verify.add_argument("log", metavar="LOG", help="the audit log file (or the ledger, with --ledger)")
+    verify.add_argument("--key", required=True, metavar="KEY", help="the worker's audit key file")
+    verify.add_argument("--ledger", action="store_true", help="LOG is a privacy ledger (<audit log>.ledger)")
     verify.set_defaults(func=_run_verify)
     show = actions.add_parser(
         "show", help="print the entries", description="Print the log, one entry per line."
@@ -74,22 +87,42 @@ def format_entry(entry: dict) -> str:
         parts.append(f"epsilon={entry['epsilon']:g}")
     if entry.get("freed"):
         parts.append(f"freed={entry['freed']}")
-    parts.append(f"hash={str(entry.get('hash', ''))[:12]}")
+    parts.append(f"mac={str(entry.get('mac', ''))[:12]}")
     return " ".join(parts)
 
 
-def _run_verify(args: argparse.Namespace) -> int:
-    from tfppml.remote.audit import AuditLogError, verify_log
+def _run_keygen(args: argparse.Namespace) -> int:
+    from tfppml.remote.audit import generate_key
 
     try:
-        result = verify_log(args.log)
+        key = generate_key(args.key)
+    except FileExistsError:
+        print(f"tfppml: error: {args.key} exists; an audit key is never overwritten", file=sys.stderr)
+        return 2
+    print(f"wrote a new audit key to {key.path} (mode 0600); give it to the worker as --option audit_key={key.path}")
+    return 0
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from tfppml.remote.audit import AuditLogError, load_key, verify_log
+
+    try:
+        key = load_key(args.key, log=args.log)
+    except (OSError, ValueError) as err:
+        print(f"tfppml: error: --key: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = verify_log(args.log, key, purpose="ledger" if args.ledger else "audit")
     except FileNotFoundError:
         print(f"tfppml: error: no such audit log: {args.log}", file=sys.stderr)
         return 2
     except AuditLogError as err:
         print(f"FAILED: {err}", file=sys.stderr)
         return 1
-    print(f"OK: {result.entries} entries, chain intact; head {result.head}")
+    note = "" if result.checkpointed else (
+        " (the last entry's checkpoint was not written, as after a crash: the next start repairs it)"
+    )
+    print(f"OK: {result.entries} entries authenticated, checkpoint intact; head {result.head}{note}")
     return 0
 
 

@@ -2,11 +2,13 @@
 
 A policy is a YAML file::
 
+    datasets:                         # DP budgets per data set, shared by every identity
+      patients: {dp: {epsilon_budget: 3.0, delta: 1.0e-5}}
     identities:
       analyst:                        # the common name of the caller's TLS certificate
         datasets: [patients]          # data sets this identity may compute on
         raw_read: []                  # data sets whose row-level values may be returned (usually none)
-        dp: {epsilon_budget: 3.0, delta: 1.0e-5}   # DP-noised sums/means, within this (epsilon, delta) budget
+        dp: {epsilon_budget: 1.0, delta: 1.0e-5}   # DP releases (noised sums/means, DP-SGD models): its share
         unsafe_aggregates: {min_rows: 10}   # opt-in, no formal guarantee: exact linear sums/means over >= 10 rows
         unsafe_weights: true          # opt-in, no formal guarantee: models trained WITHOUT DP (a raw read, in effect)
         rate_limit: {requests: 100, per_seconds: 1.0}
@@ -35,9 +37,12 @@ non-linear function of the data is a data-dependent selector (``sum(1 / (1 + exp
 rows below ``t``; with a bisection on ``t`` and a masked sum it reads single values exactly), so it stays
 row-level data (`Label.nonlinear`). Model outputs and losses on the data set count as non-linear.
 
-DP accounting treats each data set row as one individual (add-or-remove-one adjacency), composes
-the Gaussian mechanisms of each identity with dp-accounting's RDP accountant (via `tfppml.dp.accounting`) and
-treats a data set's row count as public.
+DP releases are charged to two kinds of budget, both of which must hold: each data set's (``datasets.<name>.dp``,
+shared by everyone: asking as two identities does not double it, and a data set without one has no DP
+release at all) and the identity's own cap (``dp`` of its rule, its share; identities under ``default``
+share one cap). The charges live in the worker's authenticated privacy ledger (`tfppml.remote.ledger`).
+DP accounting treats each data set row as one individual (add-or-remove-one adjacency), composes the releases
+with dp-accounting's RDP accountant (via `tfppml.dp.accounting`) and treats a data set's row count as public.
 
 Example:
     >>> policy = Policy.from_dict({"identities": {"analyst": {"datasets": ["patients"]}}})
@@ -54,11 +59,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from tfppml.errors import PolicyDenied
 
-__all__ = ["DpRule", "IdentityRules", "Label", "Policy", "RateLimit"]
+if TYPE_CHECKING:  # pragma: no cover
+    from tfppml.remote.ledger import Budget
+
+__all__ = ["DpRule", "IdentityRules", "Label", "Policy", "RateLimit", "calibrate_gaussian"]
 
 _RULE_FIELDS = ("datasets", "raw_read", "unsafe_aggregates", "dp", "unsafe_weights", "rate_limit")
 #: Fields renamed by issue #18, refused with the new name and the reason (never read under the old name).
@@ -173,7 +181,7 @@ class Label:
 
 @dataclass(frozen=True)
 class DpRule:
-    """A per-identity (epsilon, delta) budget for DP-noised releases."""
+    """An (epsilon, delta) budget for DP releases: an identity's cap, or a data set's budget."""
 
     epsilon_budget: float
     delta: float
@@ -207,6 +215,7 @@ class Policy:
       identities: Identity name -> rules.
       default: Rules for identities not listed, or None (refuse them).
       source: Where the policy came from (for messages).
+      dataset_dp: Data set name -> its DP budget, shared by every identity.
 
     Example:
       >>> policy = Policy.load("policy.yaml")                       # doctest: +SKIP
@@ -220,13 +229,14 @@ class Policy:
         identities: Mapping[str, IdentityRules],
         default: IdentityRules | None = None,
         source: str = "policy",
+        dataset_dp: Mapping[str, DpRule] | None = None,
     ) -> None:
         self._identities = dict(identities)
         self._default = default
         self._source = source
         self._lock = threading.Lock()
         self._windows: dict[str, deque[float]] = {}
-        self._dp_events: dict[str, list[Any]] = {}  # identity -> its releases: noise multipliers or DpEvents
+        self._dataset_dp: dict[str, DpRule] = dict(dataset_dp or {})
 
     # -- construction
 
@@ -265,11 +275,19 @@ class Policy:
         """
         if not isinstance(raw, dict):
             raise ValueError(f"{source}: a policy must be a mapping, got {type(raw).__name__}")
-        unknown = sorted(set(raw) - {"identities", "default"})
+        unknown = sorted(set(raw) - {"identities", "default", "datasets"})
         if unknown:
             raise ValueError(
-                f"{source}: unknown top-level field(s) {unknown}; known: ['identities', 'default']"
+                f"{source}: unknown top-level field(s) {unknown}; known: ['datasets', 'identities', 'default']"
             )
+        datasets_raw = raw.get("datasets") or {}
+        if not isinstance(datasets_raw, dict):
+            raise ValueError(f"{source}: 'datasets' must map data set names to their rules")
+        dataset_dp = {}
+        for name, rules in datasets_raw.items():
+            where = f"{source}: datasets.{name}"
+            rules = _mapping(rules, where, ("dp",))
+            dataset_dp[str(name)] = _dp_rule(rules["dp"], f"{where}.dp")
         identities_raw = raw.get("identities") or {}
         if not isinstance(identities_raw, dict):
             raise ValueError(f"{source}: 'identities' must map identity names to rules")
@@ -278,7 +296,7 @@ class Policy:
             for name, rules in identities_raw.items()
         }
         default = None if raw.get("default") is None else _parse_rules(raw["default"], "default", source)
-        return cls(identities, default, source)
+        return cls(identities, default, source, dataset_dp)
 
     @classmethod
     def deny_all(cls) -> Policy:
@@ -410,120 +428,53 @@ class Policy:
             )
         return rules.dp
 
-    def dp_spent(self, who: str) -> float:
-        """Epsilon spent so far by `who` (at its rule's delta; 0.0 before any release)."""
-        rule = self.dp_rule(who)
-        with self._lock:
-            multipliers = list(self._dp_events.get(who, ()))
-        return _composed_epsilon(multipliers, rule.delta)
-
-    def charge_dp(self, who: str, epsilon: float) -> float:
-        """Reserves one Gaussian release of privacy cost `epsilon` (at the rule's delta) for `who`.
-
-        The noise multiplier is calibrated so that this release alone is (epsilon, delta)-DP; the release is
-        allowed only if all of `who`'s releases composed (RDP accountant) stay within its budget.
-
-        Args:
-          who: The caller.
-          epsilon: The privacy cost of this release, > 0.
-
-        Returns:
-          The noise multiplier (noise stddev / L2 sensitivity) to use.
+    def dp_budgets(self, who: str, datasets: Iterable[str]) -> list[Budget]:
+        """The budgets a DP release by `who` reading `datasets` is charged to: the identity's cap (shared by
+        every identity under ``default``) and each data set's budget (shared by everyone).
 
         Raises:
-          ValueError: `epsilon` is not a positive finite number.
-          PolicyDenied: No ``dp`` rule, or the budget would be exceeded (rule '<identity>.dp.epsilon_budget').
+          PolicyDenied: `who` has no ``dp`` rule, or a data set has no DP budget (``datasets.<name>.dp``).
         """
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < math.inf:
-            raise ValueError(f"`epsilon` must be a positive finite number, got {epsilon!r}")
-        multiplier = _calibrate(float(epsilon), self.dp_rule(who).delta)
-        self._charge(who, multiplier, f"this release (epsilon={epsilon:g})", "")
-        return multiplier
+        from tfppml.remote.ledger import Budget
 
-    def _charge(self, who: str, event: Any, what: str, advice: str) -> float:
-        """Records `event` for `who` if all its releases composed stay within its budget; returns the total."""
         rules = self.rules_for(who)
         rule = self.dp_rule(who)
-        with self._lock:
-            events = self._dp_events.setdefault(who, [])
-            total = _composed_epsilon([*events, event], rule.delta)
-            if total > rule.epsilon_budget + 1e-9:
-                spent = _composed_epsilon(events, rule.delta)
+        budgets = [Budget(("identity", rules.name), rule.epsilon_budget, rule.delta, f"{rules.name}.dp")]
+        for name in sorted(datasets):
+            budget = self._dataset_dp.get(name)
+            if budget is None:
                 raise PolicyDenied(
-                    f"policy rule '{rules.name}.dp.epsilon_budget': {what} would bring identity {who!r} to "
-                    f"epsilon={total:.3g} > budget {rule.epsilon_budget:g} (spent so far: {spent:.3g}, "
-                    f"delta={rule.delta:g}){advice}"
+                    f"policy rule 'datasets.{name}.dp': data set {name!r} has no DP budget, so no DP release of it "
+                    "is possible (the data owner sets one under datasets: in the policy)"
                 )
-            events.append(event)
-        return total
-
-    def charge_dp_training(
-        self, who: str, *, n: int, batch_size: int, noise_multiplier: float, epochs: int
-    ) -> tuple[float, float]:
-        """Reserves a DP-SGD run (Poisson sampling, ``ceil(epochs * n / batch_size)`` steps) for `who`.
-
-        Returns:
-          ``(epsilon of this run alone, epsilon spent by `who` with it)``, both at the rule's delta.
-
-        Raises:
-          PolicyDenied: No ``dp`` rule, or the run would exceed the budget (rule '<identity>.dp.epsilon_budget');
-            nothing is recorded then.
-        """
-        from tfppml.dp.accounting import dp_sgd_event
-
-        event = dp_sgd_event(n, batch_size, noise_multiplier, epochs, poisson=True)
-        alone = _composed_epsilon([event], self.dp_rule(who).delta)
-        what = (f"this DP training (epsilon={alone:.3g} for {epochs} epoch(s) of {n} rows at batch size {batch_size}, "
-                f"noise multiplier {noise_multiplier:g})")  # fmt: skip
-        total = self._charge(who, event, what, "; raise the noise multiplier or train fewer epochs")
-        return alone, total
-
-    def replay_dp(self, who: str, multiplier: float) -> None:
-        """Records a past release (from the audit log after a restart), without checking the budget."""
-        with self._lock:
-            self._dp_events.setdefault(who, []).append(float(multiplier))
-
-    def replay_dp_training(self, who: str, *, n: int, batch_size: int, noise_multiplier: float, epochs: int) -> None:
-        """Records a past DP-SGD run (from the audit log after a restart), without checking the budget."""
-        from tfppml.dp.accounting import dp_sgd_event
-
-        with self._lock:
-            self._dp_events.setdefault(who, []).append(
-                dp_sgd_event(n, batch_size, noise_multiplier, epochs, poisson=True)
-            )
-
-
-def _composed_epsilon(events: Iterable[Any], delta: float) -> float:
-    """Epsilon at `delta` of the composed releases: noise multipliers of single Gaussian releases, or
-    dp-accounting events (a DP-SGD run)."""
-    events = list(events)
-    if not events:
-        return 0.0
-    import dp_accounting
-
-    from tfppml.dp.accounting import make_accountant
-
-    accountant = make_accountant("rdp")
-    for event in events:
-        accountant.compose(event if isinstance(event, dp_accounting.DpEvent) else dp_accounting.GaussianDpEvent(event))
-    return float(accountant.get_epsilon(delta))
+            budgets.append(Budget(("dataset", name), budget.epsilon_budget, budget.delta, f"datasets.{name}.dp"))
+        return budgets
 
 
 _CALIBRATION_CACHE: dict[tuple[float, float], float] = {}
 
 
-def _calibrate(epsilon: float, delta: float) -> float:
+def calibrate_gaussian(epsilon: float, delta: float) -> float:
     """Smallest noise multiplier (to ~0.1%) whose single Gaussian release is (epsilon, delta)-DP (RDP bound)."""
+    import dp_accounting
+
+    from tfppml.dp.accounting import make_accountant
+
+    def cost(multiplier: float) -> float:
+        accountant = make_accountant("rdp")
+        accountant.compose(dp_accounting.GaussianDpEvent(multiplier))
+        return float(accountant.get_epsilon(delta))
+
     key = (epsilon, delta)
     if key not in _CALIBRATION_CACHE:
         low, high = 1e-3, 1.0
-        while _composed_epsilon([high], delta) > epsilon:
+        while cost(high) > epsilon:
             low, high = high, high * 2
             if high > 1e7:
                 raise ValueError(f"`epsilon`={epsilon:g} is too small to calibrate at delta={delta:g}")
         while high - low > 1e-3 * high:
             middle = (low + high) / 2
-            if _composed_epsilon([middle], delta) > epsilon:
+            if cost(middle) > epsilon:
                 low = middle
             else:
                 high = middle
@@ -561,6 +512,14 @@ def _mapping(value: Any, where: str, fields: tuple[str, ...]) -> dict[str, Any]:
     return value
 
 
+def _dp_rule(raw: Any, where: str) -> DpRule:
+    rule = _mapping(raw, where, ("epsilon_budget", "delta"))
+    return DpRule(
+        epsilon_budget=float(_number(rule["epsilon_budget"], f"{where}.epsilon_budget")),
+        delta=float(_number(rule["delta"], f"{where}.delta", high=1.0)),
+    )
+
+
 def _parse_rules(raw: Any, name: str, source: str) -> IdentityRules:
     where = f"{source}: {name}"
     if raw is None:
@@ -585,13 +544,7 @@ def _parse_rules(raw: Any, name: str, source: str) -> IdentityRules:
     if raw.get("unsafe_aggregates") is not None:
         aggregates = _mapping(raw["unsafe_aggregates"], f"{where}.unsafe_aggregates", ("min_rows",))
         min_rows = _number(aggregates["min_rows"], f"{where}.unsafe_aggregates.min_rows", integer=True, low=0)
-    dp = None
-    if raw.get("dp") is not None:
-        dp_raw = _mapping(raw["dp"], f"{where}.dp", ("epsilon_budget", "delta"))
-        dp = DpRule(
-            epsilon_budget=float(_number(dp_raw["epsilon_budget"], f"{where}.dp.epsilon_budget")),
-            delta=float(_number(dp_raw["delta"], f"{where}.dp.delta", high=1.0)),
-        )
+    dp = None if raw.get("dp") is None else _dp_rule(raw["dp"], f"{where}.dp")
     weights = raw.get("unsafe_weights", False)
     if not isinstance(weights, bool):
         raise ValueError(f"{where}.unsafe_weights must be true or false, got {weights!r}")

@@ -3,13 +3,17 @@
 Started by the network layer's worker command::
 
     tfppml worker --name hospital --config cluster.json --service remote \\
-        --option data=patients.npz --option policy=policy.yaml --option audit=hospital-audit.log
+        --option data=patients.npz --option policy=policy.yaml --option audit=hospital-audit.log \\
+        --option audit_key=/etc/tfppml/hospital-audit.key
 
 Options (all ``--option KEY=VALUE``):
 
 - ``data``: an .npz file; each array is a data set named by its key (optional).
 - ``policy``: a policy YAML file (see `tfppml.remote.policy`); without it no data set may be used.
-- ``audit``: the audit log (default ``<worker name>-audit.log`` in the working directory). Paths are taken
+- ``audit_key``: the audit key file (required; `tfppml audit keygen PATH` makes one): it authenticates the audit
+  log and the privacy ledger, so keep it outside the log's directory, readable by the worker's user only.
+- ``audit``: the audit log (default ``<worker name>-audit.log`` in the working directory; the privacy ledger is
+  ``<audit log>.ledger`` beside it). Paths are taken
   relative to the worker's working directory: a `tfppml.net.cluster.Cluster` runs its workers in a temporary
   directory that is deleted at stop, so give it absolute paths, the audit log's above all.
 - ``max_object_bytes``: largest object a request may create (default 512 MiB).
@@ -66,9 +70,10 @@ import numpy as np
 from tfppml.errors import PolicyDenied
 from tfppml.net.channel import Channel
 from tfppml.net.config import ClusterConfig
-from tfppml.remote.audit import AuditLog
+from tfppml.remote.audit import AuditLog, load_key
+from tfppml.remote.ledger import PrivacyLedger, cost, dp_sgd, gaussian
 from tfppml.remote.models import DP_OPTIMIZERS, build_model, check_compile, check_model_config, weights_of
-from tfppml.remote.policy import Label, Policy
+from tfppml.remote.policy import Label, Policy, calibrate_gaussian
 from tfppml.remote.provenance import (
     StoredObject,
     elementwise_label,
@@ -102,6 +107,7 @@ class RemoteService:
       datasets: Data set name -> array.
       policy: The policy to enforce.
       audit: The audit log.
+      ledger: The privacy ledger (DP charges per data set and identity).
       max_object_bytes: Largest object a request may create.
       max_objects: Most live objects per identity.
 
@@ -115,6 +121,7 @@ class RemoteService:
         datasets: dict[str, np.ndarray],
         policy: Policy,
         audit: AuditLog,
+        ledger: PrivacyLedger,
         *,
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
         max_objects: int = DEFAULT_MAX_OBJECTS,
@@ -134,6 +141,7 @@ class RemoteService:
             self._datasets[key] = array
         self._policy = policy
         self._audit = audit
+        self._ledger = ledger
         self._max_object_bytes = max_object_bytes
         self._max_objects = max_objects
         self._objects: dict[str, StoredObject] = {}
@@ -157,7 +165,8 @@ class RemoteService:
             "get": self._op_get,
             "delete": self._op_delete,
         }
-        self._replay_dp()
+        if ledger.broken:
+            _log.error("remote service %s refuses DP releases: %s", name, ledger.broken)
 
     @property
     def audit(self) -> AuditLog:
@@ -165,9 +174,10 @@ class RemoteService:
         return self._audit
 
     def close(self) -> None:
-        """Closes the audit log and drops every object."""
+        """Closes the audit log and the ledger and drops every object."""
         with self._lock:
             self._objects.clear()
+        self._ledger.close()
         self._audit.close()
 
     # -- entry point
@@ -424,7 +434,14 @@ class RemoteService:
             )
         record["epsilon"] = float(epsilon)
         # Charged before the noise is drawn; a release that the budget cannot afford never happens.
-        multiplier = self._policy.charge_dp(caller, float(epsilon)) if not label.public else 0.0
+        multiplier = 0.0
+        if not label.public:
+            budgets = self._policy.dp_budgets(caller, label.datasets)
+            multiplier = calibrate_gaussian(float(epsilon), budgets[0].delta)
+            spent = self._ledger.charge(
+                caller, sorted(label.datasets), gaussian(multiplier), budgets, f"this release (epsilon={epsilon:g})"
+            )
+            record["epsilon_spent"] = spent
         record["noise_multiplier"] = multiplier
         rows = x.value.shape[0]
         clipped = np.clip(x.value.astype(np.float64), float(lower), float(upper))
@@ -505,12 +522,17 @@ class RemoteService:
         n = int(x.value.shape[0])
         if batch_size > n:
             raise ValueError(f"`batch_size` must be at most the {n} rows for DP training, got {batch_size}")
-        epsilon, total = self._policy.charge_dp_training(
-            caller, n=n, batch_size=batch_size, noise_multiplier=comp["noise_multiplier"], epochs=epochs
-        )
-        delta = self._policy.dp_rule(caller).delta
-        record.update(dp_training={"n": n, "noise_multiplier": comp["noise_multiplier"]}, epsilon=epsilon)
-        return {"epsilon": epsilon, "delta": delta, "epsilon_spent": total}
+        datasets = sorted(pair.datasets)
+        budgets = self._policy.dp_budgets(caller, datasets)
+        event = dp_sgd(n=n, batch_size=batch_size, noise_multiplier=comp["noise_multiplier"], epochs=epochs)
+        mine = budgets[0]  # the identity's cap: its delta is the one the caller is told about
+        epsilon = cost(event, mine.delta)
+        what = (f"this DP training (epsilon={epsilon:.3g} for {epochs} epoch(s) of {n} rows at batch size "
+                f"{batch_size}, noise multiplier {comp['noise_multiplier']:g}; raise the noise multiplier or train "
+                "fewer epochs)")  # fmt: skip
+        spent = self._ledger.charge(caller, datasets, event, budgets, what)
+        record.update(dp_training=event, epsilon=epsilon, epsilon_spent=spent)
+        return {"epsilon": epsilon, "delta": mine.delta, "epsilon_spent": spent[mine.name]}
 
     def _op_predict(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         import tensorflow as tf
@@ -578,18 +600,6 @@ class RemoteService:
                 f"max_object_bytes={self._max_object_bytes}"
             )
 
-    def _replay_dp(self) -> None:
-        """Rebuilds every identity's DP spending from the audit log, so a restart does not reset budgets."""
-        for entry in self._audit.entries():
-            if entry.get("op") == "dp" and entry.get("allowed") and entry.get("noise_multiplier"):
-                self._policy.replay_dp(entry["who"], entry["noise_multiplier"])
-            training = entry.get("dp_training")
-            if entry.get("op") == "fit" and isinstance(training, dict):
-                # Charged before training: a run that failed afterwards still counts.
-                self._policy.replay_dp_training(
-                    entry["who"], n=training["n"], batch_size=entry["batch_size"],
-                    noise_multiplier=training["noise_multiplier"], epochs=entry["epochs"],
-                )  # fmt: skip
 
 
 def _rule_of(err: PolicyDenied) -> str:
@@ -636,7 +646,7 @@ def make_service(
       ValueError: An unknown option, an unreadable data file or policy, a broken audit log.
     """
     options = dict(options or {})
-    known = {"data", "policy", "audit", "max_object_bytes", "max_objects"}
+    known = {"data", "policy", "audit", "audit_key", "max_object_bytes", "max_objects"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"remote service: unknown option(s) {unknown}; known options are {sorted(known)}")
@@ -651,7 +661,21 @@ def make_service(
                 f"remote service: option data={path} is not a readable .npz file: {err}"
             ) from None
     policy = Policy.load(options["policy"]) if options.get("policy") else Policy.deny_all()
-    audit = AuditLog(options.get("audit") or f"{name}-audit.log")
+    audit_path = Path(options.get("audit") or f"{name}-audit.log")
+    if not options.get("audit_key"):
+        raise ValueError(
+            "remote service: option audit_key=PATH is required: the audit log and the privacy ledger are "
+            "authenticated with that key, kept outside the log's directory (make one with `tfppml audit keygen "
+            "PATH`)"
+        )
+    try:
+        key = load_key(options["audit_key"], log=audit_path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"remote service: option audit_key: {err}") from None
+    audit = AuditLog(audit_path, key)
+    # Fail closed: a ledger that is missing although the log shows DP releases was deleted, not new.
+    released = any(e.get("epsilon") is not None and e.get("allowed") for e in audit.entries())
+    ledger = PrivacyLedger(ledger_path(audit_path), key, expected=released)
     limits = {}
     for key in ("max_object_bytes", "max_objects"):
         if key in options:
@@ -668,4 +692,10 @@ def make_service(
         policy.source,
         audit.path,
     )
-    return RemoteService(name, datasets, policy, audit, **limits)
+    return RemoteService(name, datasets, policy, audit, ledger, **limits)
+
+
+def ledger_path(audit: str | Path) -> Path:
+    """The privacy ledger beside the audit log at `audit`."""
+    audit = Path(audit)
+    return audit.with_name(audit.name + ".ledger")
