@@ -179,11 +179,14 @@ class ServingPeriod:
             raise PolicyDenied(f"{self.name!r} accepts at most {self.max_rows} rows per query, got {rows}")
 
     @contextlib.contextmanager
-    def admit(self, rows: int) -> Iterator[None]:
+    def admit(self, rows: int, *, spend_on_failure: bool = False) -> Iterator[None]:
         """Admits one query of `rows` input rows for the duration of the `with` body.
 
         Args:
             rows: the query's batch size, an int >= 1.
+            spend_on_failure: if True, a body that raises still spends the rows (they count as served): for
+                services where the caller can make an admitted query fail (an MPC client cancelling its own
+                query), which would otherwise let it hold the quota's last rows at no cost, again and again.
 
         Raises:
             ValueError: if `rows` is not an int >= 1 (a bool is refused).
@@ -208,7 +211,10 @@ class ServingPeriod:
         except BaseException:
             with self._lock:
                 if generation == self._generation:
-                    self._started -= rows  # refund: a failed query spends nothing
+                    if spend_on_failure:
+                        self._served += rows
+                    else:
+                        self._started -= rows  # refund: a failed query spends nothing
             raise
         with self._lock:
             if generation == self._generation:

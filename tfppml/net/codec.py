@@ -54,6 +54,9 @@ _CODE_OF: dict[str, int] = {dtype.name: code for code, dtype in _DTYPE_CODES.ite
 ALLOWED_DTYPES: tuple[str, ...] = tuple(dtype.name for dtype in _DTYPE_CODES.values())
 #: Most tensors in one message (the count field is 16 bits; this is far below it on purpose).
 MAX_TENSORS = 4096
+#: Longest JSON metadata: parsed JSON holds ~24x its size in Python objects, so a message's metadata is refused
+#: above this before it is parsed (a model configuration of up to 1 MiB is the largest legitimate one).
+MAX_META_BYTES = 4 * 1024 * 1024
 #: Longest tensor name, in UTF-8 bytes.
 MAX_NAME_BYTES = 256
 #: Most dimensions of one tensor.
@@ -173,6 +176,8 @@ def decode_message(
         raise ProtocolError(f"unsupported message flags {flags:#x} (expected 0)")
     if count > MAX_TENSORS:
         raise ProtocolError(f"message declares {count} tensors, more than the limit of {MAX_TENSORS}")
+    if meta_len > MAX_META_BYTES:
+        raise ProtocolError(f"message metadata of {meta_len} bytes exceeds the limit of {MAX_META_BYTES} bytes")
     meta = _parse_meta(reader.take(meta_len, "metadata"))
     tensors: dict[str, np.ndarray] = {}
     for index in range(count):

@@ -287,7 +287,12 @@ class WorkerServer:
         except (
             Exception
         ) as err:  # noqa: BLE001 - any handler failure goes back to the caller; we keep serving
-            _log.exception("call from %s failed", caller)
+            if isinstance(err, ProtocolError):
+                # A refused or cancelled request (bad arguments, a query not sent to every server): the caller's
+                # doing, cheap to provoke, so one line and no traceback (a flood must not flood the log).
+                _log.info("call from %s refused: %s: %.300s", caller, type(err).__name__, err)
+            else:
+                _log.exception("call from %s failed", caller)
             return b"", (grpc.StatusCode.INTERNAL, type(err).__name__, describe_exception(err))
         try:
             reply_meta, reply_tensors = _check_reply(result)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfppml.errors import PolicyDenied, ProtocolError
+from tfppml.errors import PolicyDenied, ProtocolError, QuotaExceeded
 from tfppml.mpc.context import ID_PATTERN, OpContext
 from tfppml.mpc.dispatch import PARTY_OPS, Callers, party_op, program_step_ops
 from tfppml.mpc.party_ops.args import int_arg, shape_arg
@@ -123,6 +123,9 @@ def _program_status(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, di
 def _query_input(ctx: OpContext, program: Program, args: dict, tensors: dict) -> tuple[np.ndarray, np.ndarray]:
     """The caller's input: its pair sent with the query, or (args 'input') a shared tensor of its own."""
     if "input" in args:
+        if ctx.caller != program.owner:
+            # A client has no stored tensors; naming one could only probe which ids exist.
+            raise ctx.party.refuse(ctx.caller, "query", "a client sends its input with the query (tensors 'a' and 'b')")
         if tensors:
             raise ProtocolError("query: give the input either as 'input' or inline as tensors 'a' and 'b', not both")
         share = ctx.get(args["input"], ShareKind.ARITH)
@@ -161,7 +164,16 @@ def _query(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
     scope = None
     try:
         # Refused at once (by all three alike) when the period cannot take it; the rows are reserved after agreeing.
-        program.period.check(rows)
+        # A client is told that the rows are short, not the owner's figures (quota, answered, in flight).
+        try:
+            program.period.check(rows)
+        except QuotaExceeded as err:
+            if ctx.caller == program.owner:
+                raise
+            raise QuotaExceeded(
+                f"{program.name!r} is not serving a query of {rows} rows now: fewer row(s) left of this serving "
+                "period, or no period open (its owner sees the figures)"
+            ) from None
         program.session.claim(scope_id)
         digest = agreement_digest("query", scope_id, program.name, list(a.shape))
         scope = QueryScope(party, program, scope_id, digest)
@@ -169,7 +181,9 @@ def _query(ctx: OpContext, args: dict, tensors: dict) -> tuple[dict, dict]:
         # The three servers agree before a row of the quota is reserved: a query that reached only some of them
         # holds none of it (nor learns how much is left) while it waits to be cancelled.
         scope.await_admission()
-        with program.period.admit(rows):
+        # Admitted on all three servers: from here the rows are spent even if the query is cancelled or fails,
+        # or a client could reserve the rows left, cancel, and repeat (holding them from honest clients for free).
+        with program.period.admit(rows, spend_on_failure=True):
             scope.values["$input"] = Share(a, b)
             for k, step in enumerate(program.steps):
                 step_ctx = OpContext(party, scope_id, ctx.caller, program.session, step=k, query=scope)
