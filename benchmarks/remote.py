@@ -35,6 +35,7 @@ import yaml  # noqa: E402
 import tfppml  # noqa: E402
 import tfppml.remote  # noqa: E402
 from tfppml.net.cluster import Cluster, Worker  # noqa: E402
+from tfppml.remote.audit import generate_key  # noqa: E402
 
 
 def timed(function: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
@@ -70,7 +71,8 @@ def main() -> None:
     remote_cluster = Cluster(
         Worker("127.0.0.1:0", name="hospital"), service="remote", identities=("analyst",), timeout=120.0,
         max_message_bytes=max(limit, 256 * 1024 * 1024),
-        service_options={"policy": str(workdir / "policy.yaml"), "audit": str(workdir / "audit.log"),
+        service_options={"policy": str(workdir / "policy.yaml"), "audit": str(workdir / "logs" / "audit.log"),
+                         "audit_key": str(generate_key(workdir / "keys" / "audit.key").path),
                          "max_object_bytes": str(limit)},
     )  # fmt: skip
     echo_cluster = Cluster(
@@ -141,7 +143,7 @@ def main() -> None:
         ]
         remote.close()
         echo.close()
-        entries = sum(1 for _ in open(workdir / "audit.log"))
+        entries = sum(1 for _ in open(workdir / "logs" / "audit.log"))
     print(
         f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; audit entries written: {entries}"
     )

@@ -1,7 +1,8 @@
 """Remote execution on a data owner's worker: pointers to data that never leaves it unless its policy allows.
 
 A hospital runs a worker holding its data (``tfppml worker --service remote --option data=patients.npz
---option policy=policy.yaml``, see `tfppml.remote.service`); a data scientist computes on it through pointers::
+--option policy=policy.yaml --option audit_key=KEY``, see `tfppml.remote.service`); a data scientist computes on
+it through pointers::
 
     import tensorflow as tf
     import tfppml.remote
