@@ -9,3 +9,37 @@ from tfppml.remote.service import make_service as _make_service
 def make_service(*args, **kwargs):
     policy.Label.transformed = lambda self: self  # a sum of exp(...) of the data counts as an aggregate again
     return _make_service(*args, **kwargs)
+
+
+def make_unlimited_service(*args, **kwargs):
+    """The worker before issue #18's limits: nothing is reserved or sized before it is computed or built."""
+    import contextlib
+
+    from tfppml.remote import limits, model_ops
+    from tfppml.remote.sizing import ModelSize
+
+    limits.Usage.reserve = lambda self, *a, **k: contextlib.nullcontext()
+    model_ops.size_spec = lambda spec: ModelSize(0, 0, 0, (), (), 4, 0)
+    model_ops.ModelOps._check_model = lambda self, *a, **k: None
+    # A weightless request then passes the weight count (0 == 0) and the model is built before anything else.
+    return _make_service(*args, **kwargs)
+
+
+def make_locked_service(*args, **kwargs):
+    """The worker before issue #18's limits: every Keras loop runs under one worker-wide lock."""
+    import threading
+
+    from tfppml.remote import model_ops
+
+    lock = threading.RLock()
+
+    def locked(method):
+        def run(self, *a, **k):
+            with lock:
+                return method(self, *a, **k)
+
+        return run
+
+    for name in ("_op_fit", "_op_predict", "_op_evaluate"):
+        setattr(model_ops.ModelOps, name, locked(getattr(model_ops.ModelOps, name)))
+    return _make_service(*args, **kwargs)

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DP_OPTIMIZERS", "build_model", "check_compile", "check_model_config", "weights_of"]
+__all__ = ["DP_OPTIMIZERS", "build_model", "check_compile", "check_model_config", "model_bytes", "size_spec",
+           "weights_of"]
 
 # Keras classes a model configuration may name (layers, initializers, regularizers, constraints, containers).
 _ALLOWED_CLASSES = frozenset(
@@ -180,6 +181,34 @@ def check_compile(spec: Any) -> dict[str, Any]:
             f"{optimizer!r}"
         )
     return checked
+
+
+#: Optimizer state per weight (Adam keeps two moments, RMSprop and Adagrad one accumulator, plain SGD none).
+_SLOTS = {"sgd": 0, "adam": 2, "rmsprop": 1, "adagrad": 1, "dpsgd": 0, "dpadam": 2, "dpadagrad": 1}
+
+
+def size_spec(spec: dict[str, Any]) -> Any:
+    """The `tfppml.remote.sizing.ModelSize` of a spec's model configuration, checked, without building it.
+
+    Raises:
+      TypeError, ValueError: not a JSON configuration of at most 1 MiB, not allowed, or not sizable (named).
+    """
+    from tfppml.remote.sizing import size_model
+
+    config = spec.get("model")
+    if not isinstance(config, str) or len(config) > 1 << 20:
+        raise TypeError("`model` must be a Keras model's JSON configuration (str, at most 1 MiB)")
+    try:
+        parsed = json.loads(config)
+    except ValueError as err:
+        raise ValueError(f"`model` is not valid JSON: {err}") from None
+    check_model_config(parsed)
+    return size_model(parsed)
+
+
+def model_bytes(size: Any, optimizer: str) -> int:
+    """Bytes a compiled model holds: its weights and its optimizer's state."""
+    return size.param_bytes * (1 + _SLOTS[optimizer])
 
 
 def build_model(spec: dict[str, Any], tensors: dict[str, np.ndarray]) -> Any:

@@ -12,6 +12,8 @@ A policy is a YAML file::
         unsafe_aggregates: {min_rows: 10}   # opt-in, no formal guarantee: exact linear sums/means over >= 10 rows
         unsafe_weights: true          # opt-in, no formal guarantee: models trained WITHOUT DP (a raw read, in effect)
         rate_limit: {requests: 100, per_seconds: 1.0}
+        limits: {max_held_bytes: 1073741824, max_epochs: 50}   # resource limits (see tfppml.remote.limits)
+    limits: {max_concurrent: 2}       # resource limits of every identity (an identity's own override them)
     default:                          # optional: rules for identities not listed (same fields)
       datasets: []
 
@@ -57,18 +59,19 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from tfppml.errors import PolicyDenied
+from tfppml.remote.limits import Limits, parse_limits
 
 if TYPE_CHECKING:  # pragma: no cover
     from tfppml.remote.ledger import Budget
 
 __all__ = ["DpRule", "IdentityRules", "Label", "Policy", "RateLimit", "calibrate_gaussian"]
 
-_RULE_FIELDS = ("datasets", "raw_read", "unsafe_aggregates", "dp", "unsafe_weights", "rate_limit")
+_RULE_FIELDS = ("datasets", "raw_read", "unsafe_aggregates", "dp", "unsafe_weights", "rate_limit", "limits")
 #: Fields renamed by issue #18, refused with the new name and the reason (never read under the old name).
 _RENAMED = {
     "aggregates": ("unsafe_aggregates", "k-row aggregates are not a formal guarantee: a few of them can rebuild rows"),
@@ -206,6 +209,7 @@ class IdentityRules:
     dp: DpRule | None = None
     weights: bool = False
     rate_limit: RateLimit | None = None
+    limits: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Policy:
@@ -230,6 +234,7 @@ class Policy:
         default: IdentityRules | None = None,
         source: str = "policy",
         dataset_dp: Mapping[str, DpRule] | None = None,
+        limits: Mapping[str, Any] | None = None,
     ) -> None:
         self._identities = dict(identities)
         self._default = default
@@ -237,6 +242,7 @@ class Policy:
         self._lock = threading.Lock()
         self._windows: dict[str, deque[float]] = {}
         self._dataset_dp: dict[str, DpRule] = dict(dataset_dp or {})
+        self._limits: dict[str, Any] = dict(limits or {})
 
     # -- construction
 
@@ -275,11 +281,13 @@ class Policy:
         """
         if not isinstance(raw, dict):
             raise ValueError(f"{source}: a policy must be a mapping, got {type(raw).__name__}")
-        unknown = sorted(set(raw) - {"identities", "default", "datasets"})
+        unknown = sorted(set(raw) - {"identities", "default", "datasets", "limits"})
         if unknown:
             raise ValueError(
-                f"{source}: unknown top-level field(s) {unknown}; known: ['datasets', 'identities', 'default']"
+                f"{source}: unknown top-level field(s) {unknown}; known: ['datasets', 'identities', 'default', "
+                "'limits']"
             )
+        limits = parse_limits(raw.get("limits"), f"{source}: limits")
         datasets_raw = raw.get("datasets") or {}
         if not isinstance(datasets_raw, dict):
             raise ValueError(f"{source}: 'datasets' must map data set names to their rules")
@@ -296,7 +304,7 @@ class Policy:
             for name, rules in identities_raw.items()
         }
         default = None if raw.get("default") is None else _parse_rules(raw["default"], "default", source)
-        return cls(identities, default, source, dataset_dp)
+        return cls(identities, default, source, dataset_dp, limits)
 
     @classmethod
     def deny_all(cls) -> Policy:
@@ -321,6 +329,14 @@ class Policy:
         if rules is None:
             raise PolicyDenied(f"policy rule 'identities': identity {who!r} has no rules on this worker")
         return rules
+
+    def limits_for(self, who: str, base: Limits) -> Limits:
+        """The resource limits of `who`: `base` (the worker's), then the policy's ``limits``, then its rule's.
+
+        Raises:
+          PolicyDenied: `who` has no rules.
+        """
+        return base.merged(self._limits).merged(self.rules_for(who).limits)
 
     def check_rate(self, who: str, now: float | None = None) -> None:
         """Counts one request of `who` against its rate limit.
@@ -557,6 +573,7 @@ def _parse_rules(raw: Any, name: str, source: str) -> IdentityRules:
         )
     return IdentityRules(
         name=name,
+        limits=parse_limits(raw.get("limits"), f"{where}.limits"),
         datasets=datasets,
         raw_read=raw_read,
         min_rows=min_rows,

@@ -6,7 +6,8 @@ The labels are computed from shapes and operations only, never from values.  A d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,12 +27,19 @@ class StoredObject:
     value: np.ndarray | None = None
     model: Any = None  # a compiled tf.keras.Model
     model_spec: dict[str, Any] | None = None
+    #: Bytes counted against the owner's max_held_bytes (None: the value's bytes; 0 for a view of a data set).
+    held: int | None = None
+    #: A model's `tfppml.remote.sizing.ModelSize`, from its configuration.
+    size: Any = None
+    #: Serialises uses of one Keras model (its predict/test functions are built on first use); other objects and
+    #: other identities' requests do not wait for it.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:
-        if self.value is not None:
-            return int(self.value.nbytes)
-        return int(sum(w.nbytes for w in self.model.get_weights())) if self.model is not None else 0
+        if self.held is not None:
+            return self.held
+        return int(self.value.nbytes) if self.value is not None else 0
 
 
 def matmul_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:

@@ -16,8 +16,9 @@ Options (all ``--option KEY=VALUE``):
   ``<audit log>.ledger`` beside it). Paths are taken
   relative to the worker's working directory: a `tfppml.net.cluster.Cluster` runs its workers in a temporary
   directory that is deleted at stop, so give it absolute paths, the audit log's above all.
-- ``max_object_bytes``: largest object a request may create (default 512 MiB).
-- ``max_objects``: most live objects per identity (default 10000).
+- ``max_object_bytes``, ``max_objects``, ``max_held_bytes``, ``max_concurrent``, ``max_seconds``, ``max_flops``,
+  ``max_epochs``, ``max_params``, ``max_activation_bytes``: the worker's default resource limits per identity
+  (see `tfppml.remote.limits`); the policy file's ``limits`` override them.
 
 Requests (meta "op"; a request may also carry "free": [object ids] to delete first, which is how the client's
 pointer finalizers release objects without calling out of a garbage collector):
@@ -67,19 +68,20 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tfppml.errors import PolicyDenied
+from tfppml.errors import PolicyDenied, QuotaExceeded
 from tfppml.net.channel import Channel
 from tfppml.net.config import ClusterConfig
 from tfppml.remote.audit import AuditLog, load_key
-from tfppml.remote.ledger import PrivacyLedger, cost, dp_sgd, gaussian
-from tfppml.remote.models import DP_OPTIMIZERS, build_model, check_compile, check_model_config, weights_of
+from tfppml.remote.ledger import PrivacyLedger, gaussian
+from tfppml.remote.limits import DEFAULT_LIMITS, FIELDS, Limits, Usage, check_flops, parse_limits
+from tfppml.remote.model_ops import ModelOps
+from tfppml.remote.models import check_model_config, weights_of
 from tfppml.remote.policy import Label, Policy, calibrate_gaussian
 from tfppml.remote.provenance import (
     StoredObject,
     elementwise_label,
     matmul_label,
     matmul_shape,
-    paired_label,
     unary_label,
 )
 
@@ -91,15 +93,13 @@ Message = tuple[dict[str, Any], dict[str, np.ndarray]]
 
 #: dtypes remote tensors may have.
 TENSOR_DTYPES = ("float32", "float64", "int32", "int64")
-DEFAULT_MAX_OBJECT_BYTES = 512 * 1024 * 1024
-DEFAULT_MAX_OBJECTS = 10000
 
 _BINARY = ("add", "sub", "mul", "truediv", "matmul")
 _UNARY = ("neg", "abs", "square", "sqrt", "exp", "log")
 _REDUCE = ("sum", "mean", "max", "min")
 
 
-class RemoteService:
+class RemoteService(ModelOps):
     """The "remote" service (see the module docstring).
 
     Args:
@@ -108,11 +108,10 @@ class RemoteService:
       policy: The policy to enforce.
       audit: The audit log.
       ledger: The privacy ledger (DP charges per data set and identity).
-      max_object_bytes: Largest object a request may create.
-      max_objects: Most live objects per identity.
+      limits: The worker's default resource limits per identity (the policy's ``limits`` override them).
 
     Raises:
-      ValueError: A data set has a dtype that is not allowed, or a limit is not positive.
+      ValueError: A data set has a dtype that is not allowed.
     """
 
     def __init__(
@@ -123,12 +122,8 @@ class RemoteService:
         audit: AuditLog,
         ledger: PrivacyLedger,
         *,
-        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
-        max_objects: int = DEFAULT_MAX_OBJECTS,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        for key, value in (("max_object_bytes", max_object_bytes), ("max_objects", max_objects)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{key}` must be a positive int, got {value!r}")
         self._name = name
         self._datasets: dict[str, np.ndarray] = {}
         for key, array in datasets.items():
@@ -142,11 +137,13 @@ class RemoteService:
         self._policy = policy
         self._audit = audit
         self._ledger = ledger
-        self._max_object_bytes = max_object_bytes
-        self._max_objects = max_objects
+        self._limits = limits
+        self._usage = Usage()
         self._objects: dict[str, StoredObject] = {}
         self._lock = threading.Lock()
-        self._keras_lock = threading.RLock()
+        # Keras builds models through process-wide state; builds are short (bounded by max_params), the Keras
+        # loops that follow hold no worker-wide lock.
+        self._build_lock = threading.Lock()
         self._ops: dict[
             str, Callable[[str, dict[str, Any], dict[str, np.ndarray], dict[str, Any]], Message]
         ] = {
@@ -177,6 +174,7 @@ class RemoteService:
         """Closes the audit log and the ledger and drops every object."""
         with self._lock:
             self._objects.clear()
+            self._usage.clear()
         self._ledger.close()
         self._audit.close()
 
@@ -199,7 +197,9 @@ class RemoteService:
             self._policy.check_rate(caller)
             if not isinstance(op, str) or op not in self._ops:
                 raise ValueError(f"`op` must be one of {sorted(self._ops)}, got {op!r}")
-            reply = self._ops[op](caller, meta, tensors, record)
+            limits, rule = self._limits_of(caller)
+            with self._usage.request(caller, limits, rule):
+                reply = self._ops[op](caller, meta, tensors, record)
         except PolicyDenied as err:
             record.update(allowed=False, rule=_rule_of(err))
             self._audit.append(**record)
@@ -214,22 +214,28 @@ class RemoteService:
 
     # -- object store
 
+    def _limits_of(self, caller: str) -> tuple[Limits, str]:
+        """The caller's resource limits and the name of its rule (for refusals)."""
+        return self._policy.limits_for(caller, self._limits), self._policy.rules_for(caller).name
+
+    def _reserve(self, caller: str, nbytes: int, limits: Limits, rule: str, what: str = "the result") -> Any:
+        """Reserves a result's bytes before it is computed (see `tfppml.remote.limits.Usage.reserve`)."""
+        return self._usage.reserve(caller, nbytes, limits, rule, what)
+
     def _store(self, caller: str, obj: StoredObject, record: dict[str, Any]) -> dict[str, Any]:
+        """Stores a result computed under a reservation of its bytes (`_reserve`), or one that holds nothing new."""
         size = obj.nbytes
-        if size > self._max_object_bytes:
-            raise ValueError(
-                f"the result would be {size} bytes, more than this worker's "
-                f"max_object_bytes={self._max_object_bytes}"
-            )
+        limits, rule = self._limits_of(caller)
         object_id = "o" + secrets.token_hex(8)
         with self._lock:
             owned = sum(1 for o in self._objects.values() if o.owner == caller)
-            if owned >= self._max_objects:
-                raise ValueError(
-                    f"identity {caller!r} holds {owned} objects, the most this worker allows (max_objects); "
-                    "delete some first"
+            if owned >= limits.max_objects:
+                raise QuotaExceeded(
+                    f"policy rule '{rule}.limits.max_objects': identity {caller!r} holds {owned} objects, the most "
+                    "it may on this worker; delete some first"
                 )
             self._objects[object_id] = obj
+            self._usage.add(caller, size)
         record.update(result=object_id, result_bytes=size, label=obj.label.to_json())
         return self._describe(object_id, obj)
 
@@ -268,6 +274,7 @@ class RemoteService:
                 obj = self._objects.get(object_id)
                 if obj is not None and obj.owner == caller:
                     del self._objects[object_id]
+                    self._usage.remove(caller, obj.nbytes)
                     count += 1
         return count
 
@@ -285,7 +292,9 @@ class RemoteService:
             for key, array in self._datasets.items()
             if key in rules.datasets
         }
-        return {"worker": self._name, "datasets": datasets, "objects": self.count_objects(caller)}, {}
+        limits, _ = self._limits_of(caller)
+        return {"worker": self._name, "datasets": datasets, "objects": self.count_objects(caller),
+                "held_bytes": self._usage.held(caller), "limits": {k: getattr(limits, k) for k in FIELDS}}, {}  # fmt: skip
 
     def _op_dataset(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         name = meta.get("name")
@@ -297,25 +306,16 @@ class RemoteService:
             raise LookupError(f"`name`: worker {self._name!r} has no data set {name!r}")
         array = self._datasets[name]
         label = Label(raw=frozenset({name}), rows=array.shape[0] if array.ndim else None)
-        obj = StoredObject(caller, "tensor", label, value=array)
-        info = self._store(caller, obj, record)
-        record["result_bytes"] = 0  # a view of the data set: nothing new is held
-        return info, {}
+        obj = StoredObject(caller, "tensor", label, value=array, held=0)  # a view of the data set: nothing new
+        return self._store(caller, obj, record), {}
 
     def _op_put(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         if set(tensors) != {"value"}:
             raise ValueError(f"`put` takes exactly one tensor named 'value', got {sorted(tensors)}")
         value = _check_tensor(tensors["value"], "value")
-        return self._store(caller, StoredObject(caller, "tensor", Label(), value=value), record), {}
-
-    def _op_put_model(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
-        spec = {"model": meta.get("model"), "compile": check_compile(meta.get("compile", {}))}
-        with self._keras_lock:
-            model = build_model(spec, tensors)
-        return (
-            self._store(caller, StoredObject(caller, "model", Label(), model=model, model_spec=spec), record),
-            {},
-        )
+        limits, rule = self._limits_of(caller)
+        with self._reserve(caller, int(value.nbytes), limits, rule, "the tensor sent"):
+            return self._store(caller, StoredObject(caller, "tensor", Label(), value=value), record), {}
 
     def _op_binary(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         import tensorflow as tf
@@ -342,11 +342,15 @@ class RemoteService:
                     f"`{fn}`: shapes {list(a.value.shape)} (`a`) and {list(b.value.shape)} (`b`) do not broadcast"
                 ) from None
             label = elementwise_label([a, b], shape, fn)
-        self._check_size(shape, a.value.dtype)
+        limits, rule = self._limits_of(caller)
+        elements = int(np.prod(shape, dtype=object))
+        flops = 2 * a.value.shape[0] * a.value.shape[1] * b.value.shape[1] if fn == "matmul" else elements
+        check_flops(flops, limits, rule, f"this {fn}")
         op = {"add": tf.add, "sub": tf.subtract, "mul": tf.multiply, "truediv": tf.math.truediv,
               "matmul": tf.linalg.matmul}[fn]  # fmt: skip
-        value = op(a.value, b.value).numpy()
-        return self._store(caller, StoredObject(caller, "tensor", label, value=value), record), {}
+        with self._reserve(caller, elements * a.value.dtype.itemsize, limits, rule, f"the result of shape {list(shape)}"):
+            value = op(a.value, b.value).numpy()
+            return self._store(caller, StoredObject(caller, "tensor", label, value=value), record), {}
 
     def _op_unary(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         import tensorflow as tf
@@ -360,8 +364,10 @@ class RemoteService:
             raise TypeError(f"`{fn}` needs a float tensor, got {x.value.dtype.name}")
         op = {"neg": tf.negative, "abs": tf.abs, "square": tf.square, "sqrt": tf.sqrt, "exp": tf.exp,
               "log": tf.math.log}[fn]  # fmt: skip
-        value = op(x.value).numpy()
-        return self._store(caller, StoredObject(caller, "tensor", unary_label(x, fn), value=value), record), {}
+        limits, rule = self._limits_of(caller)
+        with self._reserve(caller, int(x.value.nbytes), limits, rule):
+            value = op(x.value).numpy()
+            return self._store(caller, StoredObject(caller, "tensor", unary_label(x, fn), value=value), record), {}
 
     def _op_reduce(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         import tensorflow as tf
@@ -389,8 +395,11 @@ class RemoteService:
             # A per-row reduction keeps the row axis; a per-row max/min is a non-linear function of the row.
             label = x.label if fn in ("sum", "mean") else x.label.transformed()
         op = {"sum": tf.reduce_sum, "mean": tf.reduce_mean, "max": tf.reduce_max, "min": tf.reduce_min}[fn]
-        value = np.asarray(op(x.value, axis=axis).numpy())
-        return self._store(caller, StoredObject(caller, "tensor", label, value=value), record), {}
+        kept = () if axis is None else x.value.shape[: axis % ndim] + x.value.shape[axis % ndim + 1 :]
+        limits, rule = self._limits_of(caller)
+        with self._reserve(caller, int(np.prod(kept, dtype=object)) * x.value.dtype.itemsize, limits, rule):
+            value = np.asarray(op(x.value, axis=axis).numpy())
+            return self._store(caller, StoredObject(caller, "tensor", label, value=value), record), {}
 
     def _op_reshape(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         x = self._lookup(caller, meta, "x", "tensor", record)
@@ -406,7 +415,11 @@ class RemoteService:
         rows = x.label.rows
         keeps_rows = rows is not None and value.ndim >= 1 and value.shape[0] == rows
         label = x.label.with_rows(rows if keeps_rows else None)
-        return self._store(caller, StoredObject(caller, "tensor", label, value=value), record), {}
+        # A view of `x`: it holds what `x` holds (nothing for a data set), counted again while both live.
+        limits, rule = self._limits_of(caller)
+        with self._reserve(caller, x.nbytes, limits, rule):
+            obj = StoredObject(caller, "tensor", label, value=value, held=x.nbytes)
+            return self._store(caller, obj, record), {}
 
     def _op_dp(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         fn = meta.get("fn")
@@ -462,115 +475,6 @@ class RemoteService:
         value = np.asarray(total / rows if fn == "mean" else total)
         return self._store(caller, StoredObject(caller, "tensor", label.noised(), value=value), record), {}
 
-    def _op_fit(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
-        import tensorflow as tf
-
-        source = self._lookup(caller, meta, "model", "model", record)
-        x = self._lookup(caller, meta, "x", "tensor", record)
-        y = self._lookup(caller, meta, "y", "tensor", record)
-        epochs = _positive_int(meta.get("epochs", 1), "epochs", 10000)
-        batch_size = _positive_int(meta.get("batch_size", 32), "batch_size", 1 << 20)
-        _check_rows(x, y)
-        record.update(epochs=epochs, batch_size=batch_size)
-        spec = source.model_spec
-        private = spec["compile"]["optimizer"] in DP_OPTIMIZERS
-        reply: dict[str, Any] = {}
-        if private:
-            reply = self._charge_training(caller, meta, x, y, spec["compile"], epochs, batch_size, record)
-        with self._keras_lock:
-            model = build_model(spec, weights_of(source.model))
-            try:
-                if private:
-                    import tfppml.dp
-                    from tfppml.dp.accounting import steps_for
-
-                    # Poisson sampling, as the accountant assumes: each row joins each step's batch with
-                    # probability batch_size / n, for ceil(epochs * n / batch_size) steps (fresh randomness).
-                    n = int(x.value.shape[0])
-                    data = tfppml.dp.poisson_sample(
-                        x.value, y.value, batch_size=batch_size, steps=steps_for(n, batch_size, epochs)
-                    )
-                    model.fit(data, epochs=1, verbose=0)
-                else:
-                    model.fit(x.value, y.value, epochs=epochs, batch_size=batch_size, verbose=0)
-            except (ValueError, tf.errors.InvalidArgumentError) as err:
-                raise ValueError(
-                    f"fit failed on x {list(x.value.shape)} and y {list(y.value.shape)}: {_first_line(err)}"
-                ) from None
-        data_label = x.label.join(y.label)
-        # A DP-SGD model is a DP release of the data (releasable under the dp rule, like a noised sum).
-        label = source.label.join(data_label.noised() if private else data_label.trained())
-        obj = StoredObject(caller, "model", label, model=model, model_spec=spec)
-        return {**self._store(caller, obj, record), **reply}, {}
-
-    def _charge_training(
-        self, caller: str, meta: dict, x: StoredObject, y: StoredObject, comp: dict, epochs: int, batch_size: int,
-        record: dict,
-    ) -> dict[str, Any]:
-        """Checks that a DP-SGD run's rows are one individual each and charges its epsilon before it starts."""
-        pair = paired_label(x, y)
-        raw = [o for o in (x, y) if o.label.raw]
-        certified = bool(raw) and all(o.label.rows == x.value.shape[0] for o in raw)
-        if not certified or pair.aggregate_of or pair.weights or pair.dp:
-            rules = self._policy.rules_for(caller)
-            raise PolicyDenied(
-                f"policy rule '{rules.name}.dp' denies DP training on objects {meta.get('x')} and {meta.get('y')}: "
-                "their rows are not certified to be one individual each (mixed with a row-varying tensor, "
-                "reshaped, aggregated, from a trained model, or no data set at all), so the accounting's "
-                "adjacency does not hold"
-            )
-        n = int(x.value.shape[0])
-        if batch_size > n:
-            raise ValueError(f"`batch_size` must be at most the {n} rows for DP training, got {batch_size}")
-        datasets = sorted(pair.datasets)
-        budgets = self._policy.dp_budgets(caller, datasets)
-        event = dp_sgd(n=n, batch_size=batch_size, noise_multiplier=comp["noise_multiplier"], epochs=epochs)
-        mine = budgets[0]  # the identity's cap: its delta is the one the caller is told about
-        epsilon = cost(event, mine.delta)
-        what = (f"this DP training (epsilon={epsilon:.3g} for {epochs} epoch(s) of {n} rows at batch size "
-                f"{batch_size}, noise multiplier {comp['noise_multiplier']:g}; raise the noise multiplier or train "
-                "fewer epochs)")  # fmt: skip
-        spent = self._ledger.charge(caller, datasets, event, budgets, what)
-        record.update(dp_training=event, epsilon=epsilon, epsilon_spent=spent)
-        return {"epsilon": epsilon, "delta": mine.delta, "epsilon_spent": spent[mine.name]}
-
-    def _op_predict(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
-        import tensorflow as tf
-
-        source = self._lookup(caller, meta, "model", "model", record)
-        x = self._lookup(caller, meta, "x", "tensor", record)
-        with self._keras_lock:
-            try:
-                value = np.asarray(source.model.predict(x.value, verbose=0))
-            except (ValueError, tf.errors.InvalidArgumentError) as err:
-                raise ValueError(f"predict failed on x {list(x.value.shape)}: {_first_line(err)}") from None
-        # One output row per input row, computed from that row alone (and the model): the rows stay the data
-        # set's rows. (A DP release still refuses them when the model was trained on the data.)
-        # A model's output is a non-linear function of the row (a crafted model is a row selector).
-        label = x.label.join(source.label).transformed()
-        if x.label.rows is not None and value.ndim >= 1 and value.shape[0] == x.label.rows:
-            label = label.with_rows(x.label.rows)
-        return self._store(caller, StoredObject(caller, "tensor", label, value=value), record), {}
-
-    def _op_evaluate(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
-        import tensorflow as tf
-
-        source = self._lookup(caller, meta, "model", "model", record)
-        x = self._lookup(caller, meta, "x", "tensor", record)
-        y = self._lookup(caller, meta, "y", "tensor", record)
-        _check_rows(x, y)
-        with self._keras_lock:
-            try:
-                result = source.model.evaluate(x.value, y.value, verbose=0, return_dict=True)
-            except (ValueError, tf.errors.InvalidArgumentError) as err:
-                raise ValueError(f"evaluate failed on x {list(x.value.shape)}: {_first_line(err)}") from None
-        names = list(result)
-        value = np.asarray([float(result[key]) for key in names], dtype=np.float64)
-        data = paired_label(x, y).transformed().aggregated()  # a mean loss is a sum of non-linear row values
-        label = data.join(source.label)
-        info = self._store(caller, StoredObject(caller, "tensor", label, value=value), record)
-        return {**info, "names": names}, {}
-
     def _op_get(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         object_id = meta.get("x")
         with self._lock:
@@ -590,15 +494,6 @@ class RemoteService:
         record["objects"] = ids if isinstance(ids, list) else []
         return {"deleted": self._free(caller, ids)}, {}
 
-    # -- helpers
-
-    def _check_size(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-        if size > self._max_object_bytes:
-            raise ValueError(
-                f"the result of shape {list(shape)} would be {size} bytes, more than this worker's "
-                f"max_object_bytes={self._max_object_bytes}"
-            )
 
 
 
@@ -611,30 +506,12 @@ def _rule_of(err: PolicyDenied) -> str:
     return text[start : text.find("'", start)]
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[-1][:300]
-
-
-def _positive_int(value: Any, key: str, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-        raise ValueError(f"`{key}` must be an int in [1, {high}], got {value!r}")
-    return value
-
-
 def _check_tensor(value: np.ndarray, key: str) -> np.ndarray:
     if value.dtype.name not in TENSOR_DTYPES:
         raise TypeError(
             f"`{key}` has dtype {value.dtype.name}; remote tensors are {', '.join(TENSOR_DTYPES)}"
         )
     return value
-
-
-def _check_rows(x: StoredObject, y: StoredObject) -> None:
-    if x.value.ndim < 1 or y.value.ndim < 1 or x.value.shape[0] != y.value.shape[0]:
-        raise ValueError(
-            "`x` and `y` must have the same number of rows, got shapes "
-            f"{list(x.value.shape)} and {list(y.value.shape)}"
-        )
 
 
 def make_service(
@@ -646,7 +523,7 @@ def make_service(
       ValueError: An unknown option, an unreadable data file or policy, a broken audit log.
     """
     options = dict(options or {})
-    known = {"data", "policy", "audit", "audit_key", "max_object_bytes", "max_objects"}
+    known = {"data", "policy", "audit", "audit_key", *FIELDS}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"remote service: unknown option(s) {unknown}; known options are {sorted(known)}")
@@ -676,15 +553,14 @@ def make_service(
     # Fail closed: a ledger that is missing although the log shows DP releases was deleted, not new.
     released = any(e.get("epsilon") is not None and e.get("allowed") for e in audit.entries())
     ledger = PrivacyLedger(ledger_path(audit_path), key, expected=released)
-    limits = {}
-    for key in ("max_object_bytes", "max_objects"):
+    overrides: dict[str, Any] = {}
+    for key in FIELDS:
         if key in options:
             try:
-                limits[key] = int(options[key])
+                overrides[key] = float(options[key]) if key in ("max_seconds", "max_flops") else int(options[key])
             except ValueError:
-                raise ValueError(
-                    f"remote service: option {key} must be an int, got {options[key]!r}"
-                ) from None
+                raise ValueError(f"remote service: option {key} must be a number, got {options[key]!r}") from None
+    limits = DEFAULT_LIMITS.merged(parse_limits(overrides, "remote service: option"))
     _log.info(
         "remote service %s: data sets %s, policy %s, audit log %s",
         name,
@@ -692,7 +568,7 @@ def make_service(
         policy.source,
         audit.path,
     )
-    return RemoteService(name, datasets, policy, audit, ledger, **limits)
+    return RemoteService(name, datasets, policy, audit, ledger, limits=limits)
 
 
 def ledger_path(audit: str | Path) -> Path:
