@@ -13,6 +13,8 @@ it through pointers::
     z_ptr = (x_ptr @ w_ptr).mean()                         # runs on the worker; z stays there
     z_ptr.get()                                            # only if the policy allows (else PolicyDenied)
     noisy = x_ptr.dp_mean(lower=0, upper=100, epsilon=0.5).get()   # charged to our epsilon budget
+    ages = x_ptr @ tfppml.remote.send([[1.0], [0.0], [0.0], [0.0]], remote)   # one column, rows kept
+    ages.dp_quantiles([0.5], lower=0, upper=120, epsilon=0.5).get()          # also dp_count, dp_histogram
     model_ptr = remote.fit(keras_model, x_ptr, y_ptr, epochs=3, loss="mse")
     trained = model_ptr.get()                              # a Keras model, if the policy returns weights
 
@@ -40,6 +42,7 @@ from tfppml.net.certs import Identity
 from tfppml.net.client import RemoteParty
 from tfppml.net.config import ClusterConfig, load_config
 from tfppml.remote import compiling
+from tfppml.remote.dp_pointer import RELEASE_FACTS, DpReleases
 
 if TYPE_CHECKING:  # pragma: no cover
     from tfppml.net.cluster import Cluster
@@ -257,7 +260,7 @@ class Remote:
         self.close()
 
 
-class Pointer:
+class Pointer(DpReleases):
     """A tensor held by a worker. Arithmetic runs there and returns new pointers; `.get()` fetches the value
     if the worker's policy allows.
 
@@ -267,6 +270,10 @@ class Pointer:
       dtype: Its dtype name.
       label: What of the worker's data sets it holds (from the worker: "raw", "aggregate_of", "dp", "weights").
       names: For `Remote.evaluate` results: the names of the values.
+      privacy: For a DP release (`dp_sum` ... `dp_quantiles`), public facts about it: "epsilon", "delta" and
+        "epsilon_spent" (this identity's total, absent when only the caller's own tensors were released),
+        "noise_stddev" (of the Gaussian noise per entry), "clamped" and, for quantiles, "resolution" and
+        "bins". None for other pointers.
     """
 
     def __init__(self, remote: Remote, info: Mapping[str, Any]) -> None:
@@ -276,6 +283,9 @@ class Pointer:
         self.dtype: str = info.get("dtype", "")
         self.label: dict[str, Any] = dict(info.get("label", {}))
         self.names: list[str] | None = info.get("names")
+        self.privacy: dict[str, Any] | None = (
+            {key: info[key] for key in RELEASE_FACTS if key in info} if "noise_stddev" in info else None
+        )
         self._finalizer = weakref.finalize(self, remote._release, self.id)
 
     def __repr__(self) -> str:
@@ -388,26 +398,6 @@ class Pointer:
     def reshape(self, shape: Sequence[int]) -> Pointer:
         """Reshape (on the worker)."""
         return self.remote._tensor({"op": "reshape", "x": self.id, "shape": [int(d) for d in shape]})
-
-    def dp_sum(self, lower: float, upper: float, epsilon: float) -> Pointer:
-        """A DP-noised sum over the rows (axis 0), values clipped to [lower, upper].
-
-        Gaussian noise calibrated to `epsilon` (at the policy's delta) is added on the worker and `epsilon` is
-        charged to this identity's budget.
-
-        Raises:
-          PolicyDenied: No DP rule, the budget would be exceeded, or the rows are not certified individuals.
-        """
-        return self._dp("sum", lower, upper, epsilon)
-
-    def dp_mean(self, lower: float, upper: float, epsilon: float) -> Pointer:
-        """A DP-noised mean over the rows (the noisy sum divided by the public row count); see `dp_sum`."""
-        return self._dp("mean", lower, upper, epsilon)
-
-    def _dp(self, fn: str, lower: float, upper: float, epsilon: float) -> Pointer:
-        meta = {"op": "dp", "fn": fn, "x": self.id, "lower": float(lower), "upper": float(upper),
-                "epsilon": float(epsilon)}  # fmt: skip
-        return self.remote._tensor(meta)
 
 
 class ModelPointer:

@@ -32,7 +32,7 @@ binary          {"fn": add|sub|mul|truediv|matmul, "a", "b"} -> a pointer
 unary           {"fn": neg|abs|square|sqrt|exp|log, "x"} -> a pointer
 reduce          {"fn": sum|mean|max|min, "x", "axis": int|null} -> a pointer
 reshape         {"x", "shape"} -> a pointer
-dp              {"fn": sum|mean, "x", "lower", "upper", "epsilon"} -> a pointer to a DP-noised column sum/mean
+dp              {"fn": sum|mean|count|histogram|quantiles, "x", "epsilon", ...} -> a DP release (`releases`)
 fit             {"model", "x", "y", "epochs", "batch_size"} -> a pointer to the trained model (a new object)
 predict         {"model", "x"} -> a pointer
 evaluate        {"model", "x", "y"} -> a pointer to [loss, metrics...]
@@ -422,21 +422,15 @@ class RemoteService(ModelOps):
             return self._store(caller, obj, record), {}
 
     def _op_dp(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
-        fn = meta.get("fn")
-        if fn not in ("sum", "mean"):
-            raise ValueError(f"`fn` of a DP release must be 'sum' or 'mean', got {fn!r}")
+        # The mechanics (argument checks, sensitivity, noise) are in tfppml.remote.releases; here the object
+        # is looked up, its rows' certification checked and the release charged before it runs.
+        from tfppml.remote import releases
+
+        fn = releases.check_fn(meta.get("fn"))
         record["fn"] = fn
         x = self._lookup(caller, meta, "x", "tensor", record)
-        lower, upper, epsilon = meta.get("lower"), meta.get("upper"), meta.get("epsilon")
-        for key, value in (("lower", lower), ("upper", upper), ("epsilon", epsilon)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"`{key}` must be a finite number, got {value!r}")
-        if not lower < upper:
-            raise ValueError(f"`lower` must be less than `upper`, got lower={lower!r}, upper={upper!r}")
-        if x.value.ndim < 1:
-            raise ValueError(
-                f"a DP {fn} runs over the rows (axis 0) of a tensor with at least 1 dimension, got a scalar"
-            )
+        # Every argument is checked against x's shape before anything is charged or allocated.
+        release = releases.prepare(meta, x.value.shape)
         label = x.label
         if not label.public and (label.rows is None or label.aggregate_of or label.weights or label.dp):
             rules = self._policy.rules_for(caller)
@@ -445,35 +439,25 @@ class RemoteService(ModelOps):
                 "certified to be one individual each (mixed with a row-varying tensor, reshaped, aggregated, or "
                 "from a trained model), so its sensitivity is unknown"
             )
-        record["epsilon"] = float(epsilon)
+        epsilon = release.epsilon
+        record["epsilon"] = epsilon
+        reply: dict[str, Any] = {"epsilon": epsilon}
         # Charged before the noise is drawn; a release that the budget cannot afford never happens.
         multiplier = 0.0
         if not label.public:
             budgets = self._policy.dp_budgets(caller, label.datasets)
-            multiplier = calibrate_gaussian(float(epsilon), budgets[0].delta)
+            multiplier = calibrate_gaussian(epsilon, budgets[0].delta)
             spent = self._ledger.charge(
                 caller, sorted(label.datasets), gaussian(multiplier), budgets, f"this release (epsilon={epsilon:g})"
             )
             record["epsilon_spent"] = spent
+            reply.update(delta=budgets[0].delta, epsilon_spent=spent[budgets[0].name])
         record["noise_multiplier"] = multiplier
-        rows = x.value.shape[0]
-        clipped = np.clip(x.value.astype(np.float64), float(lower), float(upper))
-        total = clipped.sum(axis=0)
-        # L2 sensitivity of the column sums when one row is added or removed.
-        sensitivity = max(abs(float(lower)), abs(float(upper))) * math.sqrt(
-            max(1, int(np.prod(x.value.shape[1:])))
-        )
-        if multiplier > 0:
-            import tensorflow as tf
-
-            import tfppml.ops
-
-            noise = tfppml.ops.gaussian_noise(
-                list(total.shape), stddev=multiplier * sensitivity, dtype=tf.float64
-            )
-            total = total + np.asarray(noise.numpy()).reshape(total.shape)
-        value = np.asarray(total / rows if fn == "mean" else total)
-        return self._store(caller, StoredObject(caller, "tensor", label.noised(), value=value), record), {}
+        value = release.run(x.value, multiplier)
+        # Public facts only (epsilon, delta, the arguments and the shape), so that callers can post-process.
+        reply.update(noise_stddev=multiplier * release.sensitivity, clamped=release.clamped, **release.extra)
+        return {**self._store(caller, StoredObject(caller, "tensor", label.noised(), value=value), record),
+                **reply}, {}  # fmt: skip
 
     def _op_get(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
         object_id = meta.get("x")
