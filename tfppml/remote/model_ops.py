@@ -100,6 +100,7 @@ class ModelOps:
         with self._reserve(caller, held, limits, rule, "the trained model"):
             reply: dict[str, Any] = {}
             if private:
+                self._check_room(caller, limits, rule)  # a model that could not be stored must not be paid for
                 reply = self._charge_training(caller, meta, x, y, spec["compile"], epochs, batch_size, record)
             with self._build_lock:
                 model = build_model(spec, weights_of(source.model))

@@ -60,7 +60,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import threading
 from pathlib import Path
@@ -222,18 +221,23 @@ class RemoteService(ModelOps):
         """Reserves a result's bytes before it is computed (see `tfppml.remote.limits.Usage.reserve`)."""
         return self._usage.reserve(caller, nbytes, limits, rule, what)
 
+    def _check_room(self, caller: str, limits: Limits, rule: str) -> None:
+        """Refuses a new object past ``max_objects`` (checked again before a DP charge: a release that could not
+        be stored must not be paid for)."""
+        owned = sum(1 for o in list(self._objects.values()) if o.owner == caller)
+        if owned >= limits.max_objects:
+            raise QuotaExceeded(
+                f"policy rule '{rule}.limits.max_objects': identity {caller!r} holds {owned} objects, the most "
+                "it may on this worker; delete some first"
+            )
+
     def _store(self, caller: str, obj: StoredObject, record: dict[str, Any]) -> dict[str, Any]:
         """Stores a result computed under a reservation of its bytes (`_reserve`), or one that holds nothing new."""
         size = obj.nbytes
         limits, rule = self._limits_of(caller)
         object_id = "o" + secrets.token_hex(8)
         with self._lock:
-            owned = sum(1 for o in self._objects.values() if o.owner == caller)
-            if owned >= limits.max_objects:
-                raise QuotaExceeded(
-                    f"policy rule '{rule}.limits.max_objects': identity {caller!r} holds {owned} objects, the most "
-                    "it may on this worker; delete some first"
-                )
+            self._check_room(caller, limits, rule)
             self._objects[object_id] = obj
             self._usage.add(caller, size)
         record.update(result=object_id, result_bytes=size, label=obj.label.to_json())
@@ -444,6 +448,7 @@ class RemoteService(ModelOps):
         reply: dict[str, Any] = {"epsilon": epsilon}
         # Charged before the noise is drawn; a release that the budget cannot afford never happens.
         multiplier = 0.0
+        self._check_room(caller, *self._limits_of(caller))
         if not label.public:
             budgets = self._policy.dp_budgets(caller, label.datasets)
             multiplier = calibrate_gaussian(epsilon, budgets[0].delta)
