@@ -8,7 +8,7 @@ A policy is a YAML file::
       analyst:                        # the common name of the caller's TLS certificate
         datasets: [patients]          # data sets this identity may compute on
         raw_read: []                  # data sets whose row-level values may be returned (usually none)
-        dp: {epsilon_budget: 1.0, delta: 1.0e-5}   # DP releases (noised sums/means, DP-SGD models): its share
+        dp: {epsilon_budget: 1.0, delta: 1.0e-5}   # DP releases (noised sums, counts, histograms..., DP-SGD models)
         unsafe_aggregates: {min_rows: 10}   # opt-in, no formal guarantee: exact linear sums/means over >= 10 rows
         unsafe_weights: true          # opt-in, no formal guarantee: models trained WITHOUT DP (a raw read, in effect)
         rate_limit: {requests: 100, per_seconds: 1.0}
