@@ -198,3 +198,48 @@ def test_cli_keygen_verify_and_show(tmp_path, path, key, capsys):
     made = tmp_path / "keys" / "new.key"
     assert main(["audit", "keygen", str(made)]) == 0 and load_key(made)
     assert main(["audit", "keygen", str(made)]) == 2
+
+
+def test_a_rollback_to_an_earlier_authentic_state_is_caught_against_a_recorded_head(path, key, capsys):
+    """An insider puts back an older copy of the log *and* its checkpoint: each is authentic, so the log alone
+    verifies (the control); against the head the owner recorded later, `extends` catches it."""
+    _write(path, key, 3)
+    older = (path.read_bytes(), checkpoint_path(path).read_bytes())
+    with AuditLog(path, key) as log:
+        for _ in range(2):
+            log.append(who="analyst", op="dp_sum", allowed=True, epsilon=0.5)
+    recorded = verify_log(path, key).head
+    assert verify_log(path, key, extends=recorded).entries == 5
+    early = json.loads(path.read_text().splitlines()[1])["mac"]
+    assert verify_log(path, key, extends=early).entries == 5  # a continuation of an earlier head passes
+    with AuditLog(path, key) as log:  # the worker goes on: the recorded head stays in the log
+        log.append(who="analyst", op="info", allowed=True)
+    assert verify_log(path, key, extends=recorded).entries == 6
+
+    path.write_bytes(older[0])
+    checkpoint_path(path).write_bytes(older[1])
+    assert verify_log(path, key).entries == 3  # control: the rolled-back copy is authentic on its own
+    with pytest.raises(AuditLogError, match="rolled back to an earlier state or replaced"):
+        verify_log(path, key, extends=recorded)
+    assert main(["audit", "verify", str(path), "--key", str(key.path), "--extends", recorded]) == 1
+    assert "rolled back" in capsys.readouterr().err
+    assert main(["audit", "verify", str(path), "--key", str(key.path), "--extends", early]) == 0
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="`extends` must be a head of 64 lowercase hex digits"):
+        verify_log(path, key, extends="abc")
+    assert main(["audit", "verify", str(path), "--key", str(key.path), "--extends", "xyz"]) == 2
+    assert "--extends" in capsys.readouterr().err
+
+
+def test_a_rolled_back_ledger_is_caught_the_same_way(tmp_path, key):
+    ledger = tmp_path / "logs" / "a.log.ledger"
+    with AuditLog(ledger, key, purpose="ledger") as log:
+        log.append(who="analyst", dataset="table", epsilon=0.25)
+    older = (ledger.read_bytes(), checkpoint_path(ledger).read_bytes())
+    with AuditLog(ledger, key, purpose="ledger") as log:
+        log.append(who="analyst", dataset="table", epsilon=0.75)
+    recorded = verify_log(ledger, key, purpose="ledger").head
+    ledger.write_bytes(older[0])
+    checkpoint_path(ledger).write_bytes(older[1])
+    assert verify_log(ledger, key, purpose="ledger").entries == 1  # control: the budget would come back
+    assert main(["audit", "verify", str(ledger), "--key", str(key.path), "--ledger", "--extends", recorded]) == 1

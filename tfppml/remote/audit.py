@@ -15,10 +15,12 @@ the checkpoint, is therefore caught too. (The entry is written before its checkp
 two, the log may hold one entry more than the checkpoint says, which `verify_log` accepts and the next open
 repairs.)
 
-What is not detected, stated plainly: someone who can write the worker's files can put back an *older copy* of
-both the log and its checkpoint (a consistent earlier state), which verifies. To catch that, record the head that
-`tfppml audit verify` prints somewhere the worker cannot write (the owner's monitoring). The privacy ledger
-(`tfppml.remote.ledger`) is kept the same way, under its own derived keys.
+What the log alone cannot show: someone who can write the worker's files can put back an *older copy* of both
+the log and its checkpoint (a consistent earlier state), which verifies on its own. To catch that, record the
+head that `tfppml audit verify` prints somewhere the worker cannot write (the owner's monitoring) and verify
+later with ``extends=`` that head (``tfppml audit verify LOG --key KEY --extends HEAD``): a log that does not
+contain that entry was rolled back or replaced. The privacy ledger (`tfppml.remote.ledger`) is kept the same
+way, under its own derived keys, and is checked the same way.
 
 Each append is written with one `write` on an O_APPEND descriptor and fsync'd before the call returns. A log
 re-opened after a restart is verified first and the chain continues from its last entry; a broken log is refused
@@ -197,13 +199,17 @@ def _checkpoint_fields(path: Path, entries: int, head: str) -> dict[str, Any]:
     return {"log": path.name, "entries": entries, "head": head}
 
 
-def verify_log(path: str | os.PathLike[str], key: AuditKey, *, purpose: str = "audit") -> VerifyResult:
+def verify_log(
+    path: str | os.PathLike[str], key: AuditKey, *, purpose: str = "audit", extends: str | None = None
+) -> VerifyResult:
     """Authenticates every entry of a log, its chain, and its checkpoint.
 
     Args:
       path: The log file.
       key: The audit key it was written with.
       purpose: "audit" for audit logs, "ledger" for privacy ledgers (each has its own derived keys).
+      extends: A head recorded earlier (64 hex digits, as `VerifyResult.head` / `tfppml audit verify` print it);
+        the log must contain the entry with that MAC, i.e. be that log or a continuation of it. None: no check.
 
     Returns:
       A `VerifyResult`.
@@ -212,9 +218,15 @@ def verify_log(path: str | os.PathLike[str], key: AuditKey, *, purpose: str = "a
       AuditLogError: The first problem, naming the entry: not JSON, a wrong ``seq`` (an entry removed, inserted
         or reordered), a ``prev`` that is not the previous entry's MAC, a MAC that does not authenticate (the
         entry was edited, or this is not the log's key), or a checkpoint that is missing, does not authenticate,
-        or records more entries than the log holds (entries were cut off the end).
+        or records more entries than the log holds (entries were cut off the end); or, with `extends`, the log
+        does not contain the recorded head (rolled back to an earlier state, or replaced).
+      ValueError: `extends` is not 64 hex digits.
       FileNotFoundError: No such log.
     """
+    if extends is not None and (
+        not isinstance(extends, str) or len(extends) != 64 or any(c not in "0123456789abcdef" for c in extends)
+    ):
+        raise ValueError(f"`extends` must be a head of 64 lowercase hex digits, got {extends!r}")
     path = Path(path)
     prev, count, macs = GENESIS, 0, [GENESIS]
     for number, entry in read_entries(path):
@@ -250,6 +262,11 @@ def verify_log(path: str | os.PathLike[str], key: AuditKey, *, purpose: str = "a
         raise AuditLogError(
             f"{path}: the checkpoint records {recorded} entries but the log holds {count}: the checkpoint is stale "
             "(an older copy was put back)"
+        )
+    if extends is not None and extends not in macs:
+        raise AuditLogError(
+            f"{path}: no entry has the recorded head {extends[:16]}...: the log (with its checkpoint) was rolled "
+            f"back to an earlier state or replaced; it holds {count} entries ending at {prev[:16]}..."
         )
     return VerifyResult(count, prev, checkpointed=recorded == count)
 

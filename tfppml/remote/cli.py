@@ -4,6 +4,7 @@ tfppml audit keygen /etc/tfppml/hospital-audit.key        # a fresh 0600 audit k
 tfppml audit verify hospital-audit.log --key KEY          # exit 0 and the head MAC if the log and its checkpoint
                                                           # authenticate; 1 naming the first bad entry if not
 tfppml audit verify hospital-audit.log.ledger --key KEY --ledger   # the privacy ledger
+tfppml audit verify hospital-audit.log --key KEY --extends HEAD    # also fail if rolled back before HEAD
 tfppml audit show hospital-audit.log                      # one readable line per entry (--json for the raw lines)
 """
 
@@ -45,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("log", metavar="LOG", help="the audit log file (or the ledger, with --ledger)")
     verify.add_argument("--key", required=True, metavar="KEY", help="the worker's audit key file")
     verify.add_argument("--ledger", action="store_true", help="LOG is a privacy ledger (<audit log>.ledger)")
+    verify.add_argument(
+        "--extends",
+        default=None,
+        metavar="HEAD",
+        help="a head printed by an earlier verify: fail unless LOG still contains that entry (catches a rollback)",
+    )
     verify.set_defaults(func=_run_verify)
     show = actions.add_parser(
         "show", help="print the entries", description="Print the log, one entry per line."
@@ -112,13 +119,16 @@ def _run_verify(args: argparse.Namespace) -> int:
         print(f"tfppml: error: --key: {err}", file=sys.stderr)
         return 2
     try:
-        result = verify_log(args.log, key, purpose="ledger" if args.ledger else "audit")
+        result = verify_log(args.log, key, purpose="ledger" if args.ledger else "audit", extends=args.extends)
     except FileNotFoundError:
         print(f"tfppml: error: no such audit log: {args.log}", file=sys.stderr)
         return 2
     except AuditLogError as err:
         print(f"FAILED: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:  # a malformed --extends
+        print(f"tfppml: error: --extends: {err}", file=sys.stderr)
+        return 2
     note = "" if result.checkpointed else (
         " (the last entry's checkpoint was not written, as after a crash: the next start repairs it)"
     )
