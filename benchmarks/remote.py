@@ -6,6 +6,9 @@ does no work beyond decoding and re-encoding the message. Measured, medians over
 
 - small op: `x_ptr + y_ptr` on 4-element pointers (one request, the result stays remote; includes the audit
   entry's fsync), `z_ptr.get()` (policy check + 32 bytes back), against an echo call carrying the same 4 floats;
+- a DP release: `col.dp_sum(0, 100, epsilon)` on a 1,000-row column of a data set (one request: clamping, Gaussian
+  noise, the epsilon computed and charged to the fsync'd, authenticated privacy ledger before the result is
+  stored, plus the audit entry), against the same echo;
 - 100 MiB: `tfppml.remote.send` of a 100 MiB float64 tensor (100 MiB up, a pointer back), `.get()` of it
   (100 MiB down), against an echo call of the same tensor (100 MiB up and 100 MiB back).
 
@@ -66,12 +69,15 @@ def main() -> None:
     print(f"cpus: {os.cpu_count()}, load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
     workdir = Path(tempfile.mkdtemp(prefix="tfppml-bench-remote-"))
-    (workdir / "policy.yaml").write_text(yaml.safe_dump({"identities": {"analyst": {}}}))
+    budget = {"dp": {"epsilon_budget": 1.0e6, "delta": 1.0e-5}}
+    policy = {"datasets": {"patients": budget}, "identities": {"analyst": {"datasets": ["patients"], **budget}}}
+    (workdir / "policy.yaml").write_text(yaml.safe_dump(policy))
+    np.savez(workdir / "data.npz", patients=np.random.default_rng(1).uniform(0, 100, (1000, 4)))
     limit = (args.megabytes + 16) * 1024 * 1024
     remote_cluster = Cluster(
         Worker("127.0.0.1:0", name="hospital"), service="remote", identities=("analyst",), timeout=120.0,
         max_message_bytes=max(limit, 256 * 1024 * 1024),
-        service_options={"policy": str(workdir / "policy.yaml"), "audit": str(workdir / "logs" / "audit.log"),
+        service_options={"policy": str(workdir / "policy.yaml"), "data": str(workdir / "data.npz"), "audit": str(workdir / "logs" / "audit.log"),
                          "audit_key": str(generate_key(workdir / "keys" / "audit.key").path),
                          "max_object_bytes": str(limit)},
     )  # fmt: skip
@@ -92,11 +98,14 @@ def main() -> None:
 
         op_times = timed(add, args.small_repeats)
         get_times = timed(z.get, args.small_repeats)
+        column = remote.dataset("patients") @ tfppml.remote.send(np.array([[1.0], [0.0], [0.0], [0.0]]), remote)
+        dp_times = timed(lambda: column.dp_sum(0.0, 100.0, epsilon=0.01), args.small_repeats)
         echo_small = timed(lambda: echo.call({"op": "echo"}, {"x": small}), args.small_repeats)
         base = statistics.median(echo_small)
         for name, times in (
             ("remote x_ptr + y_ptr (4 floats)", op_times),
             ("remote z_ptr.get() (4 floats)", get_times),
+            ("remote dp_sum of 1,000 rows (ledger charge)", dp_times),
         ):
             median = statistics.median(times)
             rows.append((name, f"{median * 1e3:.2f} ms", f"{base * 1e3:.2f} ms", f"{median / base:.2f}"))

@@ -68,3 +68,25 @@ def test_charges_survive_a_reopen_and_a_broken_ledger_fails_closed(tmp_path):
     assert "does not verify" in broken.broken
     with pytest.raises(PolicyDenied, match="'ledger': DP releases are refused"):
         broken.charge("alice", ["patients"], gaussian(6.0), budgets, "a release")
+
+
+def test_the_running_rdp_curve_equals_a_composing_accountant_and_survives_a_reopen(tmp_path):
+    """The ledger adds one RDP curve per budget instead of re-composing every past release on each charge; the
+    epsilon must equal dp-accounting composing the same mixed events (Gaussian releases and a DP-SGD run)."""
+    from tfppml.dp.accounting import make_accountant
+    from tfppml.remote.ledger import dp_sgd, to_dp_event
+
+    key = generate_key(tmp_path / "keys" / "k")
+    budgets = [Budget(("dataset", "patients"), 1e6, 1e-5, "datasets.patients.dp")]
+    events = [gaussian(2.0 + index / 7) for index in range(30)]
+    events.insert(11, dp_sgd(n=1000, batch_size=50, noise_multiplier=1.1, epochs=3))
+    reference = make_accountant("rdp")
+    ledger = PrivacyLedger(tmp_path / "logs" / "ledger", key)
+    for event in events:
+        total = ledger.charge("alice", ["patients"], event, budgets, "a release")["dataset:patients"]
+        reference.compose(to_dp_event(event))
+        assert total == pytest.approx(reference.get_epsilon(1e-5), rel=1e-12)
+    ledger.close()
+    reopened = PrivacyLedger(tmp_path / "logs" / "ledger", key)
+    assert reopened.spent(("dataset", "patients"), 1e-5) == pytest.approx(reference.get_epsilon(1e-5), rel=1e-12)
+    assert reopened.spent(("identity", "bob"), 1e-5) == 0.0

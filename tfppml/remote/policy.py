@@ -54,6 +54,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -467,35 +468,40 @@ class Policy:
         return budgets
 
 
-_CALIBRATION_CACHE: dict[tuple[float, float], float] = {}
-
-
-def calibrate_gaussian(epsilon: float, delta: float) -> float:
-    """Smallest noise multiplier (to ~0.1%) whose single Gaussian release is (epsilon, delta)-DP (RDP bound)."""
+@functools.lru_cache(maxsize=1)
+def _unit_gaussian_curve() -> Any:
+    """The RDP curve of a Gaussian release with noise multiplier 1 (alpha / 2 at each order)."""
     import dp_accounting
 
-    from tfppml.dp.accounting import make_accountant
+    from tfppml.remote.ledger import _rdp
+
+    return _rdp(dp_accounting.GaussianDpEvent(1.0))
+
+
+# Bounded: the epsilons come from callers, and an unbounded cache would let one grow the worker's memory.
+@functools.lru_cache(maxsize=4096)
+def calibrate_gaussian(epsilon: float, delta: float) -> float:
+    """Smallest noise multiplier (to ~0.1%) whose single Gaussian release is (epsilon, delta)-DP (RDP bound)."""
+    from tfppml.remote.ledger import _epsilon_of
+
+    unit = _unit_gaussian_curve()
 
     def cost(multiplier: float) -> float:
-        accountant = make_accountant("rdp")
-        accountant.compose(dp_accounting.GaussianDpEvent(multiplier))
-        return float(accountant.get_epsilon(delta))
+        # A Gaussian's RDP is alpha / (2 z^2): the unit curve scaled, as dp-accounting computes it.
+        return _epsilon_of(unit / multiplier**2, delta)
 
-    key = (epsilon, delta)
-    if key not in _CALIBRATION_CACHE:
-        low, high = 1e-3, 1.0
-        while cost(high) > epsilon:
-            low, high = high, high * 2
-            if high > 1e7:
-                raise ValueError(f"`epsilon`={epsilon:g} is too small to calibrate at delta={delta:g}")
-        while high - low > 1e-3 * high:
-            middle = (low + high) / 2
-            if cost(middle) > epsilon:
-                low = middle
-            else:
-                high = middle
-        _CALIBRATION_CACHE[key] = high
-    return _CALIBRATION_CACHE[key]
+    low, high = 1e-3, 1.0
+    while cost(high) > epsilon:
+        low, high = high, high * 2
+        if high > 1e7:
+            raise ValueError(f"`epsilon`={epsilon:g} is too small to calibrate at delta={delta:g}")
+    while high - low > 1e-3 * high:
+        middle = (low + high) / 2
+        if cost(middle) > epsilon:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 def _names(value: Any, where: str) -> frozenset[str]:
