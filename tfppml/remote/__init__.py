@@ -272,7 +272,8 @@ class Pointer(DpReleases):
       names: For `Remote.evaluate` results: the names of the values.
       privacy: For a DP release (`dp_sum` ... `dp_quantiles`), public facts about it: "epsilon", "delta" and
         "epsilon_spent" (this identity's total, absent when only the caller's own tensors were released),
-        "noise_stddev" (of the Gaussian noise per entry), "clamped" and, for quantiles, "resolution" and
+        "noise_stddev" (of the Gaussian noise per entry of the result; for quantiles, per bin of the
+        histogram they are read from), "clamped" and, for quantiles, "resolution" and
         "bins". None for other pointers.
     """
 

@@ -86,6 +86,9 @@ class Prepared:
       extra: Public facts for the reply (e.g. the quantiles' resolution).
       exact: The statistic before noise, from the values.
       finish: Post-processing of the noisy statistic (public arguments only).
+      noise_scale: What `finish` multiplies the noise by, where it is linear (1 / rows for a mean), so that the
+        reply's ``noise_stddev`` is that of the released values; for histogram-based releases (quantiles) the
+        stddev reported is the histogram's per bin.
     """
 
     fn: str
@@ -95,6 +98,7 @@ class Prepared:
     extra: dict[str, Any]
     exact: Callable[[np.ndarray], np.ndarray]
     finish: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    noise_scale: float = 1.0
 
     def run(self, values: np.ndarray, multiplier: float) -> np.ndarray:
         """The release of `values`: ``finish(exact(values) + N(0, (multiplier * sensitivity)^2))``."""
@@ -255,7 +259,8 @@ def _prepare_sum(meta: dict[str, Any], shape: Sequence[int]) -> Prepared:
         return np.asarray(noisy / values.shape[0]) if fn == "mean" else noisy
 
     return Prepared(fn, epsilon, sum_sensitivity(lower, upper, shape), False, {},
-                    lambda values: clipped_sums(values, lower, upper), finish)  # fmt: skip
+                    lambda values: clipped_sums(values, lower, upper), finish,
+                    1.0 / shape[0] if fn == "mean" else 1.0)  # fmt: skip
 
 
 def _prepare_count(meta: dict[str, Any], shape: Sequence[int]) -> Prepared:

@@ -460,7 +460,8 @@ class RemoteService(ModelOps):
         record["noise_multiplier"] = multiplier
         value = release.run(x.value, multiplier)
         # Public facts only (epsilon, delta, the arguments and the shape), so that callers can post-process.
-        reply.update(noise_stddev=multiplier * release.sensitivity, clamped=release.clamped, **release.extra)
+        reply.update(noise_stddev=multiplier * release.sensitivity * release.noise_scale, clamped=release.clamped,
+                     **release.extra)  # fmt: skip
         return {**self._store(caller, StoredObject(caller, "tensor", label.noised(), value=value), record),
                 **reply}, {}  # fmt: skip
 
