@@ -13,7 +13,8 @@ Turn DP on with one compile argument and watch the budget with one callback::
     model.fit(x, y, batch_size=256, epochs=15,
               callbacks=[tfppml.dp.PrivacyBudget(n=60000, batch_size=256, delta=1e-5, target_epsilon=3.0)])
 
-Modules: :mod:`tfppml.dp.optimizers` (DPSGD, DPAdam, DPAdagrad), :mod:`tfppml.dp.clipping` (per-example
+Modules: :mod:`tfppml.dp.optimizers` (DPSGD, DPAdam, DPAdagrad), :mod:`tfppml.dp.compat` (TF Privacy's names:
+DPKerasSGDOptimizer, DPKerasAdamOptimizer, DPKerasAdagradOptimizer, DPGradientDescentGaussianOptimizer), :mod:`tfppml.dp.clipping` (per-example
 clipping engine and its per-layer rule registry), :mod:`tfppml.dp.accounting` (epsilon and noise calibration
 on dp-accounting), :mod:`tfppml.dp.callbacks` (PrivacyBudget), :mod:`tfppml.dp.data` (Poisson sampling),
 :mod:`tfppml.dp.pate` (PATE: noisy-max and GNMax aggregation of teacher votes, and their privacy analysis).
@@ -30,6 +31,12 @@ DP noise (DP-SGD and GNMax) comes from tfppml's ChaCha20-keyed Gaussian kernel
 
 from tfppml.dp.accounting import calibrate_noise, compute_epsilon, dp_sgd_event, privacy_statement
 from tfppml.dp.callbacks import PrivacyBudget
+from tfppml.dp.compat import (
+    DPGradientDescentGaussianOptimizer,
+    DPKerasAdagradOptimizer,
+    DPKerasAdamOptimizer,
+    DPKerasSGDOptimizer,
+)
 from tfppml.dp.clipping import LayerRule, PrivateGradients, UnsupportedLayerError, register_rule
 from tfppml.dp.data import poisson_sample
 from tfppml.dp import pate
@@ -39,6 +46,10 @@ from tfppml.dp.pate import PateAnalysis, gnmax, gnmax_analysis, laplace_analysis
 __all__ = [
     "DPAdagrad",
     "DPAdam",
+    "DPGradientDescentGaussianOptimizer",
+    "DPKerasAdagradOptimizer",
+    "DPKerasAdamOptimizer",
+    "DPKerasSGDOptimizer",
     "DPOptimizerMixin",
     "DPSGD",
     "LayerRule",
