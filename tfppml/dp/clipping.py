@@ -452,6 +452,13 @@ class PrivateGradients:
     being the mean of per-example losses, which is what Keras losses compute by default), plus the gradient of
     any weight regularizers (data-independent, so neither clipped nor noised).
 
+    Under ``tf.distribute`` (MirroredStrategy, MultiWorkerMirroredStrategy, OneDeviceStrategy) each replica
+    clips its own examples and adds an independent share N(0, (noise_multiplier * l2_norm_clip)^2 / R I) of the
+    noise, R replicas in sync, and divides by the *global* batch size (summed over the replicas, so uneven last
+    batches are right too); Keras's all-reduce then sums the replicas' results into exactly the formula above for
+    the global batch: the noise is added once per global batch with the stated standard deviation. Other
+    strategies are refused.
+
     Args:
         l2_norm_clip: Clip norm C > 0 of every example's whole gradient (all layers together).
         noise_multiplier: Noise standard deviation divided by C, >= 0 (0 disables noise: no privacy).
@@ -517,16 +524,18 @@ class PrivateGradients:
         return pairs
 
     # -- the private step ---------------------------------------------------------------------------------
-    def _noise_nonces(self, count: int) -> list:
+    def _noise_nonces(self, count: int, replicas: int = 1, replica_id: Any = 0) -> list:
         """Stream numbers for the noise of ``count`` tensors in this step: 0s without a seed (every execution
-        of the noise kernel then draws its own key from the OS CSPRNG), else a counter that never repeats."""
+        of the noise kernel then draws its own key from the OS CSPRNG), else a counter that never repeats,
+        interleaved by replica so that replicas seeded alike still draw independent noise."""
         if self._seed is None:
             return [0] * count
         if self._noise_counter is None:
             with tf.init_scope():
                 self._noise_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="dp_noise_nonce")
         end = self._noise_counter.assign_add(count)
-        return [end - (count - i) for i in range(count)]
+        replica_id = tf.cast(replica_id, tf.int64)
+        return [(end - (count - i)) * replicas + replica_id for i in range(count)]
 
     def _add_noise(self, gmean: tf.Tensor, stddev: tf.Tensor, nonce) -> tf.Tensor:
         """gmean + N(0, stddev^2) from tfppml's ChaCha20-keyed kernel (see tfppml.ops.add_gaussian_noise)."""
@@ -560,6 +569,7 @@ class PrivateGradients:
         Raises:
             ValueError: the loss is not a mean over the batch, or the model cannot be trained privately.
         """
+        replicas, replica = _replica_setting()
         _, capture, pairs = self._models.get(id(model), (None, None, None))
         if capture is None:
             pairs = self.attach(model)
@@ -589,7 +599,10 @@ class PrivateGradients:
             raise ValueError(f"model {model.name} recorded no trainable layer in its forward pass")
         gz = tape.gradient(loss_value, [r.z for r in records], unconnected_gradients=tf.UnconnectedGradients.ZERO)
         batch = tf.shape(records[0].z)[0]
-        scale = tf.cast(batch, gz[0].dtype)
+        # Per-example gradients are B times the batch mean's. Keras's compiled loss is also divided by the number
+        # of replicas under a strategy (so that its all-reduced sum is the global mean): undo that too, or every
+        # example would be clipped at R times the clip norm.
+        scale = tf.cast(batch * (replicas if loss is None else 1), gz[0].dtype)
         by_layer: dict[int, list] = {}
         for rec, g in zip(records, gz):
             by_layer.setdefault(id(rec.layer), []).append((rec, g * scale))
@@ -620,22 +633,58 @@ class PrivateGradients:
         variables = model.trainable_variables
         std = self.noise_multiplier * self.l2_norm_clip
         noisy = add_noise and std > 0
+        total = tf.cast(batch, tf.float64)
+        if replicas > 1:  # the global batch: replicas' batches may differ (the last one is split unevenly)
+            total = replica.all_reduce(tf.distribute.ReduceOp.SUM, total)
         if noisy:
             _check_not_xla()
             # (sum + N(0, std^2)) / B = sum / B + N(0, (std / B)^2): one fused kernel adds the noise in place.
-            mean_std = tf.constant(std, tf.float64) / tf.cast(batch, tf.float64)
-            nonces = self._noise_nonces(len(variables))
+            # With R replicas each adds an independent share of variance std^2 / R; their all-reduced sum has
+            # variance std^2, once per global batch.
+            mean_std = tf.constant(std / replicas**0.5, tf.float64) / total
+            nonces = self._noise_nonces(len(variables), replicas, replica.replica_id_in_sync_group if replica else 0)
         for i, v in enumerate(variables):
             gsum = summed[v.ref()]
             if isinstance(gsum, tf.IndexedSlices):
                 gsum = tf.convert_to_tensor(gsum)
-            gmean = gsum / tf.cast(batch, gsum.dtype)
+            gmean = gsum / tf.cast(total, gsum.dtype)
             if noisy:
                 gmean = self._add_noise(gmean, mean_std, nonces[i])
             if v.ref() in reg:
-                gmean = gmean + reg[v.ref()]
+                # Summed over the replicas by the all-reduce like the rest: each contributes its R-th.
+                gmean = gmean + reg[v.ref()] / replicas
             grads.append(gmean)
         return loss_value, y_pred, grads
+
+
+#: Strategies whose replicas all-reduce (sum) the gradients they are given, which the noise shares rely on.
+def _supported_strategies() -> tuple:
+    return (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.OneDeviceStrategy)
+
+
+def _replica_setting() -> tuple[int, Any]:
+    """(replicas in sync, the replica context) of the current tf.distribute setting; (1, None) without one.
+
+    Raises:
+        ValueError: an unsupported strategy, or a strategy's scope outside its replica function.
+    """
+    if not tf.distribute.has_strategy():
+        return 1, None
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, _supported_strategies()):
+        raise ValueError(
+            f"tfppml.dp does not support {type(strategy).__name__}: DP noise is shared out among replicas that "
+            "sum their gradients in sync, which MirroredStrategy, MultiWorkerMirroredStrategy and "
+            "OneDeviceStrategy do; train without a strategy or with one of those"
+        )
+    replica = tf.distribute.get_replica_context()
+    if replica is None:
+        raise ValueError(
+            f"DP gradients under {type(strategy).__name__} must be computed per replica (inside strategy.run, as "
+            "Model.fit does), not in the cross-replica context"
+        )
+    replicas = int(strategy.num_replicas_in_sync)
+    return replicas, (replica if replicas > 1 else None)
 
 
 def _check_not_xla() -> None:
