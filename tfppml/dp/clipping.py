@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -227,17 +228,30 @@ class EmbeddingRule(LayerRule):
         return [tf.einsum("btv,btd->bvd", onehot, g3)]
 
 
+_GROUPED_CONVOLUTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _grouped_convolution(layer) -> Callable:
+    """The layer's convolution compiled with XLA, as Keras itself runs grouped convolutions: TensorFlow's CPU
+    kernels have no gradient for them (float64 fails outright), XLA's do. (This is the forward only; the DP
+    noise, which XLA cannot compile, is added outside it.)"""
+    conv = _GROUPED_CONVOLUTIONS.get(layer)
+    if conv is None:
+        conv = _GROUPED_CONVOLUTIONS[layer] = tf.function(layer.convolution_op, jit_compile=True)
+    return conv
+
+
 @register_rule(tf.keras.layers.Conv2D)
 class Conv2DRule(LayerRule):
     #: "auto" picks ghost norms or materialised per-example gradients by cost; tests force one or the other.
     mode = "auto"
 
     def supports(self, layer):
-        return layer.data_format == "channels_last" and getattr(layer, "groups", 1) == 1
+        return layer.data_format == "channels_last"
 
     def forward(self, layer, call, inputs, args, kwargs):
         a = tf.cast(inputs, layer.compute_dtype) if inputs.dtype != layer.compute_dtype else inputs
-        z = layer.convolution_op(a, layer.kernel)
+        z = _grouped_convolution(layer)(a, layer.kernel) if layer.groups > 1 else layer.convolution_op(a, layer.kernel)
         if layer.use_bias:
             z = tf.nn.bias_add(z, layer.bias)
         out = layer.activation(z) if layer.activation is not None else z
@@ -260,7 +274,7 @@ class Conv2DRule(LayerRule):
         mode = self.mode
         if mode == "auto":
             mode = "direct" if t is None or t * (k + o) >= k * o else "ghost"
-        if mode == "direct":
+        if mode == "direct" or layer.groups > 1:  # grouped: per-example gradients by group (small kernels)
             return LayerRule.per_example(self, layer, a, g)
         p = self._patches(layer, a)
         sq = _gram_inner(p, g3)
@@ -294,7 +308,17 @@ class Conv2DRule(LayerRule):
     def per_example_grads(self, layer, a, g):
         p = self._patches(layer, a)
         g3 = _flat_time(g)
-        kernel = tf.einsum("btk,bto->bko", p, g3)
+        groups = layer.groups
+        if groups == 1:
+            kernel = tf.einsum("btk,bto->bko", p, g3)
+        else:
+            # Group j convolves input channels [j*cin_g, (j+1)*cin_g) into output channels [j*o_g, (j+1)*o_g);
+            # the kernel is (kh, kw, cin_g, cout) with cout = j*o_g + o, and a patch is ordered (kh, kw, cin).
+            kh, kw, cin_g, cout = (int(d) for d in layer.kernel.shape)
+            shape = tf.shape(p)
+            pg = tf.reshape(p, tf.stack([shape[0], shape[1], kh * kw, groups, cin_g]))
+            gg = tf.reshape(g3, tf.stack([shape[0], shape[1], groups, cout // groups]))
+            kernel = tf.einsum("btkjc,btjo->bkcjo", pg, gg)
         out = [tf.reshape(kernel, tf.concat([tf.shape(g3)[:1], tf.shape(layer.kernel)], axis=0))]
         if layer.use_bias:
             out.append(tf.reduce_sum(g3, axis=1))
