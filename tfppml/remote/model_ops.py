@@ -91,6 +91,7 @@ class ModelOps:
             )
         spec = source.model_spec
         size = source.size
+        _check_shapes(size, x, y)
         private = spec["compile"]["optimizer"] in DP_OPTIMIZERS
         rows = int(x.value.shape[0])
         self._check_model(size, limits, rule, batch=min(batch_size, rows), training=True, dp=private)
@@ -102,9 +103,10 @@ class ModelOps:
             if private:
                 self._check_room(caller, limits, rule)  # a model that could not be stored must not be paid for
                 reply = self._charge_training(caller, meta, x, y, spec["compile"], epochs, batch_size, record)
+            # The deadline starts before the model is rebuilt: building counts against the request's time.
+            deadline = Deadline(limits.max_seconds, rule, f"this fit ({epochs} epoch(s))")
             with self._build_lock:
                 model = build_model(spec, weights_of(source.model))
-            deadline = Deadline(limits.max_seconds, rule, f"this fit ({epochs} epoch(s))")
             try:
                 if private:
                     import tfppml.dp
@@ -160,7 +162,9 @@ class ModelOps:
         record.update(dp_training=event, epsilon=epsilon, epsilon_spent=spent)
         return {"epsilon": epsilon, "delta": mine.delta, "epsilon_spent": spent[mine.name]}
 
-    def _inference(self, caller: str, source: StoredObject, x: StoredObject, what: str) -> tuple[Limits, str]:
+    def _inference(self, caller: str, source: StoredObject, x: StoredObject, what: str,
+                   y: StoredObject | None = None) -> tuple[Limits, str]:  # fmt: skip
+        _check_shapes(source.size, x, y)
         limits, rule = self._limits_of(caller)
         rows = int(x.value.shape[0]) if x.value.ndim else 1
         self._check_model(source.size, limits, rule, batch=min(INFERENCE_BATCH, rows), training=False)
@@ -197,7 +201,7 @@ class ModelOps:
         x = self._lookup(caller, meta, "x", "tensor", record)
         y = self._lookup(caller, meta, "y", "tensor", record)
         _check_rows(x, y)
-        limits, rule = self._inference(caller, source, x, "evaluate")
+        limits, rule = self._inference(caller, source, x, "evaluate", y)
         with source.lock:
             try:
                 result = source.model.evaluate(
@@ -221,6 +225,27 @@ def _positive_int(value: Any, key: str, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
         raise ValueError(f"`{key}` must be an int in [1, {high}], got {value!r}")
     return value
+
+
+def _check_shapes(size: ModelSize, x: StoredObject, y: StoredObject | None) -> None:
+    """Refuses `x` (and `y`) whose example shape is not the model's. Keras compares only as many leading
+    dimensions as the model declares and Dense layers take inputs of any rank, so a (rows, 4, 400, 4) `x` ran
+    through an Input((4,)) model, 20 times the sized predictions: every estimate must describe what runs."""
+    if x.value.ndim < 1 or tuple(x.value.shape[1:]) != tuple(size.input_shape):
+        raise ValueError(
+            f"`x` must have shape [rows, {', '.join(map(str, size.input_shape))}] (the model's input), got "
+            f"{list(x.value.shape)}"
+        )
+    if y is None:
+        return
+    out = tuple(size.output_shape)
+    # The model's output shape, or class indices for it (sparse losses): nothing that broadcasts wider.
+    allowed = {out, out[:-1], out[:-1] + (1,)}
+    if y.value.ndim < 1 or tuple(y.value.shape[1:]) not in allowed:
+        raise ValueError(
+            f"`y` must have shape [rows, {', '.join(map(str, out))}] (the model's output) or [rows"
+            f"{''.join(', ' + str(d) for d in out[:-1])}] / [..., 1] for class indices, got {list(y.value.shape)}"
+        )
 
 
 def _check_rows(x: StoredObject, y: StoredObject) -> None:

@@ -34,6 +34,10 @@ class StoredObject:
     #: Serialises uses of one Keras model (its predict/test functions are built on first use); other objects and
     #: other identities' requests do not wait for it.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    #: Requests computing with this object now, and whether it was deleted meanwhile (its bytes are uncounted
+    #: when the last of them ends; both under the service's lock).
+    users: int = field(default=0, repr=False, compare=False)
+    freed: bool = field(default=False, repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:

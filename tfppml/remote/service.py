@@ -143,6 +143,7 @@ class RemoteService(ModelOps):
         # Keras builds models through process-wide state; builds are short (bounded by max_params), the Keras
         # loops that follow hold no worker-wide lock.
         self._build_lock = threading.Lock()
+        self._in_use = threading.local()  # the objects the current request (this thread) looked up
         self._ops: dict[
             str, Callable[[str, dict[str, Any], dict[str, np.ndarray], dict[str, Any]], Message]
         ] = {
@@ -189,6 +190,7 @@ class RemoteService(ModelOps):
         """
         op = meta.get("op")
         record: dict[str, Any] = {"who": caller, "op": op if isinstance(op, str) else repr(op)[:40]}
+        self._in_use.objects = []
         try:
             freed = self._free(caller, meta.get("free", []))
             if freed:
@@ -207,6 +209,8 @@ class RemoteService(ModelOps):
             record.update(allowed=True, error=type(err).__name__)
             self._audit.append(**record)
             raise
+        finally:
+            self._release()
         record.setdefault("allowed", True)
         self._audit.append(**record)
         return reply
@@ -235,6 +239,11 @@ class RemoteService(ModelOps):
         """Stores a result computed under a reservation of its bytes (`_reserve`), or one that holds nothing new."""
         size = obj.nbytes
         limits, rule = self._limits_of(caller)
+        if size > limits.max_object_bytes:  # a reservation that undercounted must not be stored
+            raise ValueError(
+                f"the result holds {size} bytes, more than this worker's max_object_bytes={limits.max_object_bytes} "
+                f"(policy rule '{rule}.limits.max_object_bytes')"
+            )
         object_id = "o" + secrets.token_hex(8)
         with self._lock:
             self._check_room(caller, limits, rule)
@@ -260,6 +269,10 @@ class RemoteService(ModelOps):
             raise TypeError(f"`{key}` must be an object id (str), got {type(object_id).__name__}")
         with self._lock:
             obj = self._objects.get(object_id)
+            uses = getattr(self._in_use, "objects", None)
+            if obj is not None and obj.owner == caller and uses is not None:
+                obj.users += 1  # until this request ends: deleting it meanwhile must not uncount its bytes
+                uses.append(obj)
         if obj is None or obj.owner != caller:
             raise LookupError(
                 f"`{key}`: unknown object {object_id[:40]!r} on worker {self._name!r} (deleted, never created, or "
@@ -278,9 +291,22 @@ class RemoteService(ModelOps):
                 obj = self._objects.get(object_id)
                 if obj is not None and obj.owner == caller:
                     del self._objects[object_id]
-                    self._usage.remove(caller, obj.nbytes)
+                    if obj.users:  # a running request still computes with it: uncounted when it ends
+                        obj.freed = True
+                    else:
+                        self._usage.remove(caller, obj.nbytes)
                     count += 1
         return count
+
+    def _release(self) -> None:
+        """Ends this request's uses of the objects it looked up; uncounts those deleted meanwhile."""
+        used, self._in_use.objects = getattr(self._in_use, "objects", []), []
+        with self._lock:
+            for obj in used:
+                obj.users -= 1
+                if obj.users == 0 and obj.freed:
+                    obj.freed = False
+                    self._usage.remove(obj.owner, obj.nbytes)
 
     def count_objects(self, caller: str) -> int:
         """Live objects owned by `caller`."""
@@ -352,7 +378,11 @@ class RemoteService(ModelOps):
         check_flops(flops, limits, rule, f"this {fn}")
         op = {"add": tf.add, "sub": tf.subtract, "mul": tf.multiply, "truediv": tf.math.truediv,
               "matmul": tf.linalg.matmul}[fn]  # fmt: skip
-        with self._reserve(caller, elements * a.value.dtype.itemsize, limits, rule, f"the result of shape {list(shape)}"):
+        # TF's truediv of integers is float64 (int32/int64) or float32 (narrower): reserve what it makes.
+        itemsize = a.value.dtype.itemsize
+        if fn == "truediv" and a.value.dtype.kind in "iu":
+            itemsize = 8 if itemsize >= 4 else 4
+        with self._reserve(caller, elements * itemsize, limits, rule, f"the result of shape {list(shape)}"):
             value = op(a.value, b.value).numpy()
             return self._store(caller, StoredObject(caller, "tensor", label, value=value), record), {}
 

@@ -22,6 +22,9 @@ __all__ = ["ModelSize", "size_model"]
 
 #: Largest dimension accepted in a configuration (also keeps the arithmetic below small integers).
 MAX_DIM = 1 << 31
+#: Most layer calls in one configuration: 700 weightless layers took 16 s to build (2000: a RecursionError after
+#: 49 s), under the build lock every identity shares.
+MAX_LAYERS = 128
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 Shape = tuple[int, ...]
@@ -39,6 +42,8 @@ class ModelSize:
       input_shape, output_shape: One example's shapes (no batch axis).
       itemsize: Bytes per element of the model's float type.
       largest_layer: Parameters of the largest layer (bounds a per-example gradient of one layer).
+      layers: Layer calls in the configuration, nested models' included (building and tracing take time in
+        their number, with no weights at all).
     """
 
     params: int
@@ -48,6 +53,7 @@ class ModelSize:
     output_shape: Shape
     itemsize: int
     largest_layer: int
+    layers: int = 0
 
     @property
     def param_bytes(self) -> int:
@@ -69,6 +75,7 @@ class _Walk:
         self.flops = 0
         self.largest = 0
         self.itemsize = 4
+        self.layers = 0
 
 
 def size_model(config: dict[str, Any]) -> ModelSize:
@@ -87,7 +94,8 @@ def size_model(config: dict[str, Any]) -> ModelSize:
         inputs, output = _sequential(body, None, walk, "model")
     else:
         inputs, output = _functional(body, walk, "model")
-    return ModelSize(walk.params, walk.activations, walk.flops, inputs, output, walk.itemsize, walk.largest)
+    return ModelSize(walk.params, walk.activations, walk.flops, inputs, output, walk.itemsize, walk.largest,
+                     walk.layers)
 
 
 # -- containers
@@ -107,15 +115,28 @@ def _sequential(body: dict[str, Any], given: Shape | None, walk: _Walk, where: s
         shape = declared
         walk.activations += math.prod(shape)
         start = 1
-    elif shape is None and isinstance(first, dict) and isinstance(first.get("config"), dict) and (
-        "batch_input_shape" in first["config"]
-    ):
-        shape = _input_shape(first["config"], f"{where}.layers[0]")
-        walk.activations += math.prod(shape)
+    elif isinstance(first, dict) and isinstance(first.get("config"), dict) and "batch_input_shape" in first["config"]:
+        declared = _input_shape(first["config"], f"{where}.layers[0]")
+        # Keras builds a nested Sequential from its first layer's declared shape, whatever it is called on: a
+        # declared shape that differs from the one received built a 100 M parameter model sized at 10,000.
+        if shape is not None and declared != shape:
+            raise ValueError(
+                f"`model`: {where}.layers[0] declares batch_input_shape {[None, *declared]} but the model receives "
+                f"{[None, *shape]} (Keras would build it with the declared shape)"
+            )
+        if shape is None:
+            shape = declared
+            walk.activations += math.prod(shape)
     if shape is None:
         raise ValueError(
             f"`model`: {where} declares no input shape (add tf.keras.Input(shape=...) first): the worker sizes a "
             "model before building it"
+        )
+    built = body.get("build_input_shape")
+    if built is not None and built != [None, *shape]:
+        raise ValueError(
+            f"`model`: {where}.build_input_shape is {built!r} but the model receives {[None, *shape]} (Keras would "
+            "build it with the declared shape)"
         )
     begin = shape
     for index in range(start, len(layers)):
@@ -235,17 +256,12 @@ def _apply(layer: Any, inputs: list[Shape], walk: _Walk, where: str) -> Shape:
     if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
         raise ValueError(f"`model`: {where} is not a layer configuration")
     cls, config = layer.get("class_name"), layer["config"]
-    if cls == "Sequential":
-        if len(inputs) != 1:
-            raise ValueError(f"`model`: {where} (a nested Sequential) takes one input")
-        return _sequential(config, inputs[0], walk, where)[1]
-    rule = _RULES.get(cls)
-    if rule is None:
-        raise ValueError(f"`model`: {where} is a {cls!r}, which the worker cannot size (nest no functional models)")
-    dtype = config.get("dtype", "float32")
-    if dtype not in _ITEMSIZE:
-        raise ValueError(f"`model`: {where}.dtype must be one of {sorted(_ITEMSIZE)}, got {dtype!r}")
-    walk.itemsize = max(walk.itemsize, _ITEMSIZE[dtype])
+    walk.layers += 1
+    if walk.layers > MAX_LAYERS:
+        raise ValueError(
+            f"`model`: more than {MAX_LAYERS} layers (at {where}): the worker builds models under a lock, and "
+            "building takes time in the number of layers, with or without weights"
+        )
     declared = layer.get("build_config", {}).get("input_shape") if isinstance(layer.get("build_config"), dict) else None
     if declared is not None:
         expected = [None, *inputs[0]] if len(inputs) == 1 else [[None, *s] for s in inputs]
@@ -254,6 +270,17 @@ def _apply(layer: Any, inputs: list[Shape], walk: _Walk, where: str) -> Shape:
                 f"`model`: {where}.build_config.input_shape is {declared!r} but the layer receives {expected!r} "
                 "(Keras would build it with the declared shape)"
             )
+    if cls == "Sequential":
+        if len(inputs) != 1:
+            raise ValueError(f"`model`: {where} (a nested Sequential) takes one input")
+        return _sequential(config, inputs[0], walk, where)[1]
+    rule = _RULES.get(cls)
+    if rule is None:
+        raise ValueError(f"`model`: {where} is a {cls!r}, which the worker cannot size (nest no functional models)")
+    dtype = config.get("dtype", "float32")
+    if not isinstance(dtype, str) or dtype not in _ITEMSIZE:
+        raise ValueError(f"`model`: {where}.dtype must be one of {sorted(_ITEMSIZE)}, got {dtype!r}")
+    walk.itemsize = max(walk.itemsize, _ITEMSIZE[dtype])
     if cls not in ("Concatenate", "Add") and len(inputs) != 1:
         raise ValueError(f"`model`: {where} ({cls}) takes one input, got {len(inputs)}")
     shape, params, flops = rule(config, inputs, where)
