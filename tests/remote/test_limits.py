@@ -29,7 +29,7 @@ from .conftest import MAX_MESSAGE_BYTES, write_setup
 
 L = tf.keras.layers
 MIB = 1 << 20
-IDENTITIES = ("trainer", "other", "hurried", "anyone")
+IDENTITIES = ("trainer", "other", "hurried", "anyone", "divider", "deleter")
 POLICY = {
     "datasets": {"patients": {"dp": {"epsilon_budget": 4.0, "delta": 1.0e-5}}},
     "limits": {"max_held_bytes": 16 * MIB},
@@ -243,3 +243,68 @@ def test_limits_in_the_policy_file_override_the_workers_in_order():
         Policy.from_dict({"limits": {"max_epochs": 1.5}})
     with pytest.raises(ValueError, match=r"max_seconds must be a positive number, got -1"):
         parse_limits({"max_seconds": -1}, "limits")
+
+
+# -- the red team's findings (issue #18): shapes the sizing did not see, dtype promotion, freeing in use
+
+
+def test_x_must_have_the_models_example_shape(worker):
+    """Keras compares only the declared leading dimensions and Dense takes any rank: a (rows, 4, 400, 4) x ran
+    through an Input((4,)) model, 20 times the sized predictions and flops."""
+    with _connect(worker, "anyone") as anyone:
+        model = tfppml.remote.send_model(_mlp(16), anyone, loss="mse")
+        wide = anyone.send(np.zeros((20, 4, 50, 4), np.float32))
+        with pytest.raises(RemoteError, match=r"`x` must have shape \[rows, 4\].*got \[20, 4, 50, 4\]"):
+            model.predict(wide)
+        with pytest.raises(RemoteError, match=r"`y` must have shape"):
+            anyone.fit(model, anyone.send(np.zeros((20, 4), np.float32)), anyone.send(np.zeros((20, 1, 50))),
+                       epochs=1)  # fmt: skip
+        assert model.predict(anyone.send(np.zeros((20, 4), np.float32))).shape == (20, 1)
+
+
+def test_control_an_unlimited_worker_runs_the_wider_x(weakened):
+    with _connect(weakened("make_unchecked_shapes_service"), "anyone") as anyone:
+        model = tfppml.remote.send_model(_mlp(16), anyone, loss="mse")
+        assert model.predict(anyone.send(np.zeros((20, 4, 50, 4), np.float32))).shape == (20, 4, 50, 1)
+
+
+def test_integer_division_reserves_its_float64_result(worker):
+    with _connect(worker, "divider") as anyone:
+        base = anyone.info()["held_bytes"]
+        counts = anyone.send(np.ones(3 * MIB // 4, np.int32))  # 3 MiB of int32: 6 MiB of float64
+        with pytest.raises(RemoteError, match=rf"would be {6 * MIB} bytes, more than this worker's max_object_bytes"):
+            counts / counts
+        half = anyone.send(np.ones(MIB // 4, np.int32))
+        assert (half / half).dtype == "float64" and anyone.info()["held_bytes"] - base == 3 * MIB + MIB + 2 * MIB
+
+
+def _delete_during_fit(cluster):
+    """Deletes a fit's model, x and y while it runs; returns held bytes (before, during, after, trained)."""
+    with _connect(cluster, "deleter") as anyone, _connect(cluster, "deleter") as again:
+        base = again.info()["held_bytes"]  # what earlier tests of this identity left
+        x = anyone.send(np.random.default_rng(0).normal(size=(3000, 4)).astype(np.float32))
+        y = anyone.send(np.zeros((3000, 1), np.float32))
+        model = tfppml.remote.send_model(_mlp(64), anyone, loss="mse", optimizer="sgd")
+        done = {}
+        thread = threading.Thread(
+            target=lambda: done.update(trained=anyone.fit(model, x, y, epochs=40, batch_size=8))
+        )
+        thread.start()
+        time.sleep(2.0)
+        before = again.info()["held_bytes"]
+        assert again.call({"op": "delete", "ids": [p.id for p in (x, y, model)]})[0]["deleted"] == 3
+        during = again.info()["held_bytes"]
+        thread.join(timeout=120)
+        assert "trained" in done, "the fit did not finish"
+        return before - base, during - base, again.info()["held_bytes"] - base, 4 * _mlp(64).count_params()
+
+
+def test_an_object_deleted_while_a_fit_uses_it_stays_counted_until_the_fit_ends(worker):
+    before, during, after, trained = _delete_during_fit(worker)
+    assert during == before  # still computed with: still counted
+    assert after == trained  # then uncounted: only the trained model is held
+
+
+def test_control_an_eager_free_uncounts_bytes_still_in_use(weakened):
+    before, during, _, _ = _delete_during_fit(weakened("make_eager_free_service"))
+    assert during < before

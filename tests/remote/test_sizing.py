@@ -96,3 +96,63 @@ def test_configurations_that_cannot_be_sized_are_refused(edit, match):
     edit(config)
     with pytest.raises(ValueError, match=match):
         size_model(config)
+
+
+# -- configurations crafted to be sized as one model and built as another (red team of issue #18)
+
+
+def _nested_bomb(variant):
+    """A nested Sequential that receives 10 features but declares 3,000 (its first layer's batch_input_shape,
+    or its own build_input_shape): Keras builds it with the declared shape (the red team's used 10,000: 100 M
+    parameters from a 1 kB configuration sized at 10,000)."""
+    outer = json.loads(tf.keras.Sequential([L.Input((10,)), tf.keras.Sequential([L.Input((10,)), L.Dense(3000)])])
+                       .to_json())  # fmt: skip
+    inner = outer["config"]["layers"][1]
+    dense = inner["config"]["layers"][1]
+    inner["config"]["layers"] = [dense]  # no InputLayer of its own, and no build_config to contradict
+    dense.pop("build_config", None)
+    inner.pop("build_config", None)
+    if variant == "first-layer":
+        dense["config"]["batch_input_shape"] = [None, 3000]
+    else:
+        inner["config"]["build_input_shape"] = [None, 3000]
+    return outer, inner
+
+
+@pytest.mark.parametrize("variant", ["first-layer", "build-input-shape"])
+def test_a_nested_sequential_must_declare_what_it_receives(variant):
+    bomb, inner = _nested_bomb(variant)
+    with pytest.raises(ValueError, match="declares batch_input_shape|build_input_shape is"):
+        size_model(bomb)
+    # Control: Keras builds the nested model with the declared shape (9 M parameters where 10 x 3000 flow),
+    # before it finds out that the outer model feeds it 10 features.
+    assert tf.keras.models.model_from_json(json.dumps(inner)).count_params() == 3000 * 3000 + 3000
+
+
+def test_layer_count_and_dtype_are_checked_before_building():
+    deep = tf.keras.Sequential([L.Input((4,))] + [L.ReLU() for _ in range(129)])
+    with pytest.raises(ValueError, match="more than 128 layers"):
+        size_model(json.loads(deep.to_json()))
+    size_model(json.loads(tf.keras.Sequential([L.Input((4,))] + [L.ReLU() for _ in range(127)]).to_json()))
+    config = json.loads(tf.keras.Sequential([L.Input((4,)), L.Dense(2)]).to_json())
+    config["config"]["layers"][1]["config"]["dtype"] = ["float32"]
+    with pytest.raises(ValueError, match=r"layers\[1\]\.dtype must be one of"):
+        size_model(config)
+
+
+def test_build_model_uses_zero_initializers_and_names_build_errors():
+    import time
+
+    from tfppml.remote.models import build_model, check_compile
+
+    spec = {"compile": check_compile({"loss": "mse"})}
+    model = tf.keras.Sequential([L.Input((3000,)), L.Dense(3000, kernel_initializer="orthogonal")])
+    spec["model"] = model.to_json()
+    started = time.monotonic()
+    built = build_model(spec, {f"w{i}": w for i, w in enumerate(model.get_weights())})
+    assert time.monotonic() - started < 5  # an orthogonal 9 M-entry kernel takes seconds to initialise
+    np.testing.assert_array_equal(built.get_weights()[0], model.get_weights()[0])
+    config = json.loads(spec["model"])
+    config["config"]["layers"][1]["config"]["units"] = "many"
+    with pytest.raises((TypeError, ValueError)):
+        build_model({**spec, "model": json.dumps(config)}, {})

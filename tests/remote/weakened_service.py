@@ -52,3 +52,31 @@ def make_locked_service(*args, **kwargs):
     for name in ("_op_fit", "_op_predict", "_op_evaluate"):
         setattr(model_ops.ModelOps, name, locked(getattr(model_ops.ModelOps, name)))
     return _make_service(*args, **kwargs)
+
+
+def make_eager_free_service(*args, **kwargs):
+    """The worker before the red team's finding: deleting an object uncounts its bytes at once, even while a
+    running request still computes with it."""
+    from tfppml.remote import service
+
+    def free(self, caller, ids):
+        count = 0
+        with self._lock:
+            for object_id in ids:
+                obj = self._objects.pop(object_id, None)
+                if obj is not None:
+                    self._usage.remove(caller, obj.nbytes)
+                    count += 1
+        return count
+
+    service.RemoteService._free = free
+    service.RemoteService._release = lambda self: None
+    return _make_service(*args, **kwargs)
+
+
+def make_unchecked_shapes_service(*args, **kwargs):
+    """The worker before the red team's finding: x is not compared with the model's declared input shape."""
+    from tfppml.remote import model_ops
+
+    model_ops._check_shapes = lambda *a, **k: None
+    return _make_service(*args, **kwargs)
