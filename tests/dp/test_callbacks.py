@@ -21,7 +21,7 @@ def model_and_data():
 
 def test_reports_epsilon_every_epoch():
     model, x, y = model_and_data()
-    budget = PrivacyBudget(N, BATCH, DELTA)
+    budget = PrivacyBudget(N, BATCH, DELTA, poisson=False)  # Model.fit's shuffled batches
     hist = model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[budget])
     expected = [compute_epsilon(N, BATCH, 2.0, e, DELTA, poisson=False) for e in (1, 2, 3)]
     np.testing.assert_allclose(hist.history["epsilon"], expected)
@@ -32,7 +32,7 @@ def test_stops_at_budget():
     model, x, y = model_and_data()
     target = (compute_epsilon(N, BATCH, 2.0, 3, DELTA, poisson=False)
               + compute_epsilon(N, BATCH, 2.0, 4, DELTA, poisson=False)) / 2
-    budget = PrivacyBudget(N, BATCH, DELTA, target_epsilon=target)
+    budget = PrivacyBudget(N, BATCH, DELTA, target_epsilon=target, poisson=False)
     hist = model.fit(x, y, batch_size=BATCH, epochs=20, verbose=0, callbacks=[budget])
     assert len(hist.history["loss"]) == 3 and budget.epochs_done == 3
     assert budget.epsilon <= target
@@ -42,7 +42,7 @@ def test_refuses_to_start_when_one_epoch_is_too_much():
     model, x, y = model_and_data()
     with pytest.raises(ValueError, match="one more epoch"):
         model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0,
-                  callbacks=[PrivacyBudget(N, BATCH, DELTA, target_epsilon=0.01)])
+                  callbacks=[PrivacyBudget(N, BATCH, DELTA, target_epsilon=0.01, poisson=False)])
 
 
 def test_zero_noise_with_budget_is_an_error():
@@ -61,3 +61,26 @@ def test_poisson_pipeline_batch_sizes():
     x = np.arange(1000, dtype="float32")[:, None]
     sizes = [int(b.shape[0]) for b in poisson_sample(x, batch_size=100, seed=3)]
     assert len(sizes) == 10 and 60 < np.mean(sizes) < 140 and len(set(sizes)) > 1
+
+
+def test_default_sampling_is_poisson_as_in_compute_epsilon():
+    # Issue #19: PrivacyBudget assumed shuffled batches while compute_epsilon assumed Poisson sampling.
+    budget = PrivacyBudget(N, BATCH, DELTA, noise_multiplier=2.0)
+    assert budget.poisson is True
+    assert budget.epsilon_after(3) == compute_epsilon(N, BATCH, 2.0, 3, DELTA)
+    assert PrivacyBudget(N, BATCH, DELTA, noise_multiplier=2.0, poisson=False).epsilon_after(3) > budget.epsilon_after(3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(noise_multiplier=float("inf")), "noise_multiplier must be a finite"),
+    (dict(target_epsilon=float("nan")), "target_epsilon must be a finite"),
+    (dict(delta=float("nan")), "delta must be a finite"),
+])
+def test_non_finite_arguments_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PrivacyBudget(**(dict(n=N, batch_size=BATCH, delta=DELTA) | kwargs))
+
+
+def test_poisson_flag_must_be_a_bool():
+    with pytest.raises(TypeError, match="poisson must be a bool"):
+        PrivacyBudget(N, BATCH, DELTA, poisson=1)

@@ -22,6 +22,29 @@ def test_calibration(capsys, sampling, expected):
         assert expected in out
 
 
+def test_default_sampling_is_poisson_and_shuffled_is_said(capsys):
+    # Issue #19: for epsilon 3.01 the CLI calibrated 11.53 (shuffled) by default but 1.01 with --sampling poisson.
+    assert cli.main(BASE + ["--target-epsilon", "3.01"]) == 0
+    default = capsys.readouterr().out
+    assert cli.main(BASE + ["--target-epsilon", "3.01", "--sampling", "poisson"]) == 0
+    assert capsys.readouterr().out == default
+    assert default.startswith("noise multiplier 1.012") and "Poisson sampling (tfppml.dp.poisson_sample)" in default
+    assert cli.main(BASE + ["--target-epsilon", "3.01", "--sampling", "shuffle"]) == 0
+    shuffled = capsys.readouterr().out
+    assert shuffled.startswith("noise multiplier 11.53") and "shuffled batches (no amplification)" in shuffled
+
+
+@pytest.mark.parametrize("flag, value", [("--noise-multiplier", "inf"), ("--epochs", "inf"), ("--delta", "nan"),
+                                         ("--target-epsilon", "inf")])
+def test_non_finite_values_are_clear_errors(capsys, flag, value):
+    args = {"--n": "60000", "--batch-size": "256", "--epochs": "60", "--delta": "1e-5"} | {flag: value}
+    if flag != "--target-epsilon":
+        args.setdefault("--noise-multiplier", "1.1")
+    argv = ["privacy"] + [item for pair in args.items() for item in pair]
+    assert cli.main(argv) == 2
+    assert "must be a finite real number" in capsys.readouterr().out
+
+
 def test_needs_noise_or_target():
     with pytest.raises(SystemExit):
         cli.main(BASE)

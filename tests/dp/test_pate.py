@@ -394,3 +394,22 @@ def test_gnmax_analysis_bad_arguments(kwargs, match):
 def test_aggregator_bad_arguments(aggregate, args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         aggregate(*args, **kwargs)
+
+
+def test_gnmax_analysis_survives_rounding_on_a_confident_vote():
+    # Issue #19: votes [240, 5, 5, 0, ...] at sigma 20 gave per-query RDP -2.8e-16 at order 1.1, and
+    # dp-accounting's conversion raised "Renyi divergence cannot be negative".
+    counts = [240, 5, 5] + [0] * 7
+    preds = np.repeat(np.arange(10), counts)[:, None]
+    per_query = pate.gnmax_data_dependent_rdp(pate.gnmax_log_q(pate.vote_counts(preds, 10), 20.0), 20.0,
+                                              pate.GNMAX_ORDERS)
+    assert per_query.min() == 0.0 and per_query.max() > 0.0
+    for queries in (1, 100):
+        result = pate.gnmax_analysis(np.repeat(preds, queries, axis=1), np.arange(queries), sigma=20.0, delta=1e-5,
+                                     num_labels=10)
+        assert 0.0 <= result.data_dependent_epsilon <= result.data_independent_epsilon
+
+
+def test_negative_rdp_beyond_rounding_still_raises():
+    with pytest.raises(ValueError, match="negative beyond rounding"):
+        pate._clamp_rounding(np.array([0.1, -1e-6]))

@@ -3,15 +3,15 @@
 Turn DP on with one compile argument and watch the budget with one callback::
 
     import tfppml.dp
-    # Model.fit draws shuffled fixed-size batches, which earn no amplification by sampling: say so here as
-    # the callback does (calibrate_noise and compute_epsilon assume Poisson sampling unless told otherwise;
-    # tfppml.dp.poisson_sample gives batches that earn it).
-    sigma = tfppml.dp.calibrate_noise(target_epsilon=3.0, delta=1e-5, n=60000, batch_size=256, epochs=15,
-                                      poisson=False)
+    # Every accounting function, PrivacyBudget and `tfppml privacy` assume Poisson sampling by default, which
+    # tfppml.dp.poisson_sample provides:
+    sigma = tfppml.dp.calibrate_noise(target_epsilon=3.0, delta=1e-5, n=60000, batch_size=256, epochs=15)
     model.compile(optimizer=tfppml.dp.DPSGD(l2_norm_clip=1.0, noise_multiplier=sigma, learning_rate=0.1),
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    model.fit(x, y, batch_size=256, epochs=15,
+    model.fit(tfppml.dp.poisson_sample(x, y, batch_size=256), epochs=15,
               callbacks=[tfppml.dp.PrivacyBudget(n=60000, batch_size=256, delta=1e-5, target_epsilon=3.0)])
+    # Model.fit(x, y, batch_size=256) draws shuffled fixed-size batches, which earn no amplification: then
+    # pass poisson=False to calibrate_noise and PrivacyBudget alike (a much larger noise multiplier).
 
 Modules: :mod:`tfppml.dp.optimizers` (DPSGD, DPAdam, DPAdagrad), :mod:`tfppml.dp.compat` (TF Privacy's names:
 DPKerasSGDOptimizer, DPKerasAdamOptimizer, DPKerasAdagradOptimizer, DPGradientDescentGaussianOptimizer), :mod:`tfppml.dp.clipping` (per-example
@@ -29,7 +29,7 @@ DP noise (DP-SGD and GNMax) comes from tfppml's ChaCha20-keyed Gaussian kernel
 (:func:`tfppml.ops.gaussian_noise`), keyed afresh from the OS CSPRNG at every step.
 """
 
-from tfppml.dp.accounting import calibrate_noise, compute_epsilon, dp_sgd_event, privacy_statement
+from tfppml.dp.accounting import Epsilon, calibrate_noise, compute_epsilon, dp_sgd_event, privacy_statement
 from tfppml.dp.callbacks import PrivacyBudget
 from tfppml.dp.compat import (
     DPGradientDescentGaussianOptimizer,
@@ -52,6 +52,7 @@ __all__ = [
     "DPKerasSGDOptimizer",
     "DPOptimizerMixin",
     "DPSGD",
+    "Epsilon",
     "LayerRule",
     "PateAnalysis",
     "PrivacyBudget",

@@ -5,7 +5,8 @@ no microbatches), under **add-or-remove-one-example adjacency**, protecting ever
 checkpoints), not only the final one.  Two sampling assumptions are supported and must match what training
 actually did:
 
-* ``poisson=True``: every example joins each batch independently with probability ``q = batch_size / n``
+* ``poisson=True`` (the default of every function here, of :class:`tfppml.dp.PrivacyBudget` and of
+  ``tfppml privacy``): every example joins each batch independently with probability ``q = batch_size / n``
   (what :func:`tfppml.dp.poisson_sample` produces); privacy amplification by subsampling applies, and
   ``ceil(epochs * n / batch_size)`` steps are composed.
 * ``poisson=False``: the data are shuffled into fixed-size batches, each example used once per epoch
@@ -13,7 +14,10 @@ actually did:
   mechanism over the whole data set, and ``ceil(epochs)`` of them are composed.  This is the conservative
   bound TF Privacy's ``compute_dp_sgd_privacy_statement`` reports as "each example occurring once per epoch".
 
-The mathematics is dp-accounting's; this module only builds the right ``DpEvent`` and checks arguments.
+The mathematics is dp-accounting's; this module builds the right ``DpEvent``, checks every argument (finite,
+in range), guards against dp-accounting's numerical corners (negative RDP from rounding at a huge noise
+multiplier, PLD grids too large for memory at a tiny one) and, under ``"pld"``, reports the smaller of the
+PLD and RDP bounds, saying which (:class:`Epsilon`).
 
 Example:
     >>> round(compute_epsilon(60000, 256, 1.1, 60, 1e-5), 2)  # RDP, Poisson sampling
@@ -30,9 +34,13 @@ import numbers
 import textwrap
 
 import dp_accounting
+import numpy as np
+from dp_accounting.rdp import rdp_privacy_accountant
+from scipy import optimize
 
 __all__ = [
     "ACCOUNTANTS",
+    "Epsilon",
     "calibrate_noise",
     "compute_epsilon",
     "dp_sgd_event",
@@ -48,6 +56,58 @@ _RDP_ORDERS = sorted(
     set([1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [80, 96, 128, 192, 256, 384, 512, 1024])
 )
 
+# PLD discretisation.  dp-accounting's default interval (1e-4) is kept up to 1e5 steps, so short runs give
+# exactly TF Privacy's PLD figures.  Its pessimistic rounding error grows with the number of compositions
+# (at 3.07M steps, q = 1/60000, sigma 2: 0.143 at 1e-4 against RDP's 0.087 and 0.049 at 1e-5), so longer runs
+# get an interval shrinking like 1/sqrt(steps), down to 1e-5.  The grid may also need too many bins (sigma 1e-3
+# asked for 38 GiB): its width is estimated from the RDP curve (the composed privacy loss exceeds the RDP
+# epsilon at delta 1e-15 with probability below 1e-15, and dp-accounting truncates its FFT at a tail of 1e-15),
+# and the interval is widened until the estimate fits _PLD_MAX_BINS.  A wider interval is still a valid
+# (pessimistic) bound, only looser; past _PLD_MAX_INTERVAL it would be useless and PLD is not run at all.
+_PLD_DEFAULT_INTERVAL = 1e-4
+_PLD_FINEST_INTERVAL = 1e-5
+_PLD_FINE_FROM_STEPS = 100_000
+_PLD_MAX_BINS = 2**23  # ~8.4M bins: FFT arrays of ~130 MB each
+_PLD_MAX_INTERVAL = 1e-2
+_PLD_TAIL_DELTA = 1e-15
+
+# Where calibrate_noise stops looking: below this noise multiplier DP-SGD is not private in any useful sense,
+# above the upper one no (epsilon, delta) target of interest is still unmet.
+_CALIBRATION_MIN_SIGMA = 1e-3
+_CALIBRATION_MAX_SIGMA = 1e12
+
+# Above this noise multiplier dp-accounting squares sigma into an OverflowError (sigma 1e300); its amplified
+# figures would be rounding noise anyway, so the closed-form unsampled bound is used (see _rdp_curve).
+_CLOSED_FORM_FROM_SIGMA = 1e10
+
+
+class Epsilon(float):
+    """An epsilon (a plain ``float`` for every arithmetic and comparison) that says which bound it is.
+
+    :func:`compute_epsilon` returns one.  Under ``accountant="pld"`` both the PLD and the RDP bounds are valid
+    upper bounds on the same run's epsilon; the smaller is reported, and ``accountant`` says which it was.
+
+    Attributes:
+        accountant: ``"rdp"`` or ``"pld"``: the accountant whose bound this value is.
+        requested: The accountant the caller asked for.
+        bounds: Every valid bound computed, by accountant (e.g. ``{"pld": 2.38, "rdp": 2.60}``).
+        note: Why this bound was reported when it is not the requested one ("" otherwise).
+    """
+
+    accountant: str
+    requested: str
+    bounds: dict
+    note: str
+
+    def __new__(cls, value: float, accountant: str = "rdp", requested: str | None = None,
+                bounds: dict | None = None, note: str = ""):  # fmt: skip
+        self = super().__new__(cls, value)
+        self.accountant = accountant
+        self.requested = accountant if requested is None else requested
+        self.bounds = dict(bounds) if bounds is not None else {accountant: float(value)}
+        self.note = note
+        return self
+
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -58,11 +118,15 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
 
 
 def _check_real(name: str, value, *, low: float, low_open: bool, high: float = math.inf) -> float:
+    # Every real argument here is finite: an infinite noise multiplier made dp-accounting's RDP series loop
+    # forever, infinite epochs overflowed the step count, and NaN compares false with every bound.
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be a finite real number, got {type(value).__name__} {value!r}")
     value = float(value)
-    if math.isnan(value) or value < low or (low_open and value == low) or value > high:
-        bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high != math.inf else "")
+    bound = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high != math.inf else "")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number {bound}, got {value}")
+    if value < low or (low_open and value == low) or value > high:
         raise ValueError(f"{name} must be {bound}, got {value}")
     return value
 
@@ -81,18 +145,38 @@ def _check_common(n, batch_size, epochs, delta, accountant):
     return n, batch_size, epochs, delta
 
 
+def _check_poisson(poisson) -> bool:
+    # A truthy string ("False") or an int would silently pick the wrong sampling assumption.
+    if not isinstance(poisson, bool):
+        raise TypeError(f"poisson must be a bool, got {type(poisson).__name__} {poisson!r}")
+    return poisson
+
+
+def _check_noise(noise_multiplier) -> float:
+    return _check_real("noise_multiplier", noise_multiplier, low=0.0, low_open=False)
+
+
 def steps_for(n: int, batch_size: int, epochs: float) -> int:
     """Number of DP-SGD steps of ``epochs`` passes over ``n`` examples at ``batch_size``: ceil(epochs*n/bs).
+
+    Raises:
+        TypeError, ValueError: an argument has the wrong type or is out of range (``epochs`` must be finite).
 
     Example:
         >>> steps_for(60000, 256, 1)
         235
     """
+    n = _check_int("n", n)
+    batch_size = _check_int("batch_size", batch_size)
+    epochs = _check_real("epochs", epochs, low=0.0, low_open=True)
     return int(math.ceil(epochs * n / batch_size))
 
 
 def make_accountant(accountant: str = "rdp") -> dp_accounting.PrivacyAccountant:
     """A fresh dp-accounting accountant (add-or-remove-one adjacency): ``"rdp"`` or ``"pld"``.
+
+    This is the raw accountant (PLD at dp-accounting's default discretisation, no bound taken against RDP);
+    :func:`compute_epsilon` is the guarded way to get a DP-SGD run's epsilon.
 
     Raises:
         ValueError: ``accountant`` is neither ``"rdp"`` nor ``"pld"``.
@@ -112,18 +196,89 @@ def dp_sgd_event(
     Args:
         n: Number of training examples.
         batch_size: Examples per batch (the expected batch size under Poisson sampling).
-        noise_multiplier: Noise standard deviation divided by the clip norm.
-        epochs: Passes over the data; may be fractional.
-        poisson: Poisson sampling (True) or shuffled fixed-size batches with no amplification (False).
+        noise_multiplier: Noise standard deviation divided by the clip norm, finite and >= 0.
+        epochs: Passes over the data, finite and > 0; may be fractional.
+        poisson: Poisson sampling (True, the default) or shuffled fixed-size batches with no amplification
+            (False).
 
     Returns:
         A ``dp_accounting.DpEvent``.
+
+    Raises:
+        TypeError, ValueError: an argument has the wrong type or is out of range (the message names it).
     """
-    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
-    if poisson:
+    steps = steps_for(n, batch_size, epochs)
+    gaussian = dp_accounting.GaussianDpEvent(_check_noise(noise_multiplier))
+    if _check_poisson(poisson):
         sampled = dp_accounting.PoissonSampledDpEvent(sampling_probability=batch_size / n, event=gaussian)
-        return dp_accounting.SelfComposedDpEvent(sampled, steps_for(n, batch_size, epochs))
+        return dp_accounting.SelfComposedDpEvent(sampled, steps)
     return dp_accounting.SelfComposedDpEvent(gaussian, int(math.ceil(epochs)))
+
+
+def _rdp_curve(n: int, batch_size: int, sigma: float, epochs: float, poisson: bool) -> np.ndarray:
+    """RDP of the run at every order of _RDP_ORDERS, each value a proven upper bound (sigma > 0, finite)."""
+    count = steps_for(n, batch_size, epochs) if poisson else int(math.ceil(epochs))
+    orders = np.asarray(_RDP_ORDERS)
+    with np.errstate(over="ignore"):
+        unsampled = count * (orders / (2.0 * sigma * sigma))  # 0 once sigma^2 overflows: the bound is ~1e-600
+    if sigma > _CLOSED_FORM_FROM_SIGMA:
+        return unsampled
+    acc = make_accountant("rdp")
+    acc.compose(dp_sgd_event(n, batch_size, sigma, epochs, poisson=poisson))
+    rdp = acc.rdp
+    # The subsampled Gaussian's RDP is log(1 + tiny) summed from binomial terms; for a huge sigma rounding
+    # leaves it slightly negative (-1.9e-12 at sigma 1e6), which dp-accounting's conversion rejects.  Sampling
+    # never increases RDP, so the unsampled Gaussian's count * order / (2 sigma^2) is a proven bound to use
+    # wherever the amplified figure is negative (or, by rounding, above it).
+    return np.where(rdp < 0.0, unsampled, np.minimum(rdp, unsampled))
+
+
+def _rdp_to_epsilon(rdp: np.ndarray, delta: float) -> float:
+    return float(rdp_privacy_accountant.compute_epsilon(_RDP_ORDERS, rdp, delta)[0])
+
+
+def _pld_interval(steps: int, rdp: np.ndarray, sigma: float) -> float:
+    """The PLD discretisation interval for a run (see _PLD_DEFAULT_INTERVAL above for the reasons)."""
+    interval = _PLD_DEFAULT_INTERVAL
+    if steps > _PLD_FINE_FROM_STEPS:
+        interval = max(_PLD_FINEST_INTERVAL, _PLD_DEFAULT_INTERVAL * math.sqrt(_PLD_FINE_FROM_STEPS / steps))
+    # Loss range: twice the composed range (the loss is also negative) and at least one step's Gaussian tail.
+    loss_range = max(2.0 * _rdp_to_epsilon(rdp, _PLD_TAIL_DELTA), 20.0 / sigma)
+    return max(interval, loss_range / _PLD_MAX_BINS)
+
+
+def _epsilon(
+    n: int, batch_size: int, sigma: float, epochs: float, delta: float, accountant: str, poisson: bool
+) -> Epsilon:
+    """compute_epsilon without the argument checks (arguments already valid)."""
+    if sigma == 0.0:
+        return Epsilon(math.inf, accountant, bounds={accountant: math.inf})
+    rdp = _rdp_curve(n, batch_size, sigma, epochs, poisson)
+    eps_rdp = _rdp_to_epsilon(rdp, delta)
+    if accountant == "rdp":
+        return Epsilon(eps_rdp, "rdp")
+    if sigma > _CLOSED_FORM_FROM_SIGMA:
+        note = f"PLD not run for noise_multiplier > {_CLOSED_FORM_FROM_SIGMA:g}: the closed-form RDP bound is reported"
+        return Epsilon(eps_rdp, "rdp", requested="pld", bounds={"rdp": eps_rdp}, note=note)
+    steps = steps_for(n, batch_size, epochs) if poisson else int(math.ceil(epochs))
+    interval = _pld_interval(steps, rdp, sigma)
+    if interval > _PLD_MAX_INTERVAL:
+        note = (
+            f"PLD not run: fitting its grid in {_PLD_MAX_BINS} bins would need a discretisation interval of "
+            f"{interval:.3g} (> {_PLD_MAX_INTERVAL:g}, too coarse to help); the RDP bound is reported"
+        )
+        return Epsilon(eps_rdp, "rdp", requested="pld", bounds={"rdp": eps_rdp}, note=note)
+    acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=interval)
+    acc.compose(dp_sgd_event(n, batch_size, sigma, epochs, poisson=poisson))
+    eps_pld = float(acc.get_epsilon(delta))
+    bounds = {"pld": eps_pld, "rdp": eps_rdp}
+    if eps_pld <= eps_rdp:
+        return Epsilon(eps_pld, "pld", requested="pld", bounds=bounds)
+    note = (
+        f"the PLD bound ({eps_pld:.4g}, discretisation interval {interval:.3g}) is looser than the RDP bound "
+        f"({eps_rdp:.4g}) for this run; both are valid, the smaller is reported"
+    )
+    return Epsilon(eps_rdp, "rdp", requested="pld", bounds=bounds, note=note)
 
 
 def compute_epsilon(
@@ -134,35 +289,43 @@ def compute_epsilon(
     delta: float,
     accountant: str = "rdp",
     poisson: bool = True,
-) -> float:
+) -> Epsilon:
     """Epsilon of a DP-SGD run at ``delta``, add-or-remove-one adjacency, all checkpoints released.
 
     Args:
         n: Number of training examples.
         batch_size: Examples per batch (expected batch size under Poisson sampling).
-        noise_multiplier: Noise standard deviation / clip norm; 0 means no noise, and epsilon is infinite.
-        epochs: Passes over the data (may be fractional).
+        noise_multiplier: Noise standard deviation / clip norm, finite and >= 0; 0 means no noise, and
+            epsilon is infinite.  ``math.inf`` is refused (no mechanism adds infinite noise; such a value is a
+            bug upstream, and certifying it as epsilon 0 would hide it).  A huge finite value gives a tiny
+            epsilon (0 when ``delta`` already covers the whole difference between the output distributions).
+        epochs: Passes over the data, finite and > 0 (may be fractional).
         delta: Target delta, in (0, 1); usually well below 1/n.
-        accountant: ``"rdp"`` (fast, slightly loose) or ``"pld"`` (tighter, slower for many steps).
-        poisson: True for Poisson sampling; False for shuffled fixed-size batches (no amplification claimed).
+        accountant: ``"rdp"`` (fast, slightly loose) or ``"pld"``.  Under ``"pld"`` both bounds are computed
+            and the smaller is returned; ``result.accountant`` says which it was and ``result.note`` why
+            (the PLD bound can be the looser one after millions of steps, or not computable for a tiny
+            noise multiplier, whose grid would not fit in memory).
+        poisson: True (default) for Poisson sampling (:func:`tfppml.dp.poisson_sample`); False for shuffled
+            fixed-size batches (``Model.fit``), with no amplification claimed.
 
     Returns:
-        Epsilon (``math.inf`` when ``noise_multiplier`` is 0).
+        Epsilon as an :class:`Epsilon`, a ``float`` (``math.inf`` when ``noise_multiplier`` is 0) that also
+        carries ``accountant``, ``bounds`` and ``note``.
 
     Raises:
-        TypeError, ValueError: an argument has the wrong type or is out of range (the message names it).
+        TypeError, ValueError: an argument has the wrong type, is not finite or is out of range (the message
+            names it).
 
     Example:
-        >>> round(compute_epsilon(60000, 256, 1.1, 60, 1e-5, poisson=False), 1)
+        >>> round(compute_epsilon(60000, 256, 1.1, 60, 1e-5, poisson=False), 1)  # shuffled batches
         57.0
+        >>> eps = compute_epsilon(60000, 256, 1.1, 60, 1e-5, accountant="pld")
+        >>> round(eps, 2), eps.accountant
+        (2.38, 'pld')
     """
     n, batch_size, epochs, delta = _check_common(n, batch_size, epochs, delta, accountant)
-    noise_multiplier = _check_real("noise_multiplier", noise_multiplier, low=0.0, low_open=False)
-    if noise_multiplier == 0.0:
-        return math.inf
-    acc = make_accountant(accountant)
-    acc.compose(dp_sgd_event(n, batch_size, noise_multiplier, epochs, poisson=bool(poisson)))
-    return float(acc.get_epsilon(delta))
+    noise_multiplier = _check_noise(noise_multiplier)
+    return _epsilon(n, batch_size, noise_multiplier, epochs, delta, accountant, _check_poisson(poisson))
 
 
 def calibrate_noise(
@@ -178,22 +341,27 @@ def calibrate_noise(
     """Smallest noise multiplier (within ``tol``) whose :func:`compute_epsilon` is at most ``target_epsilon``.
 
     The returned value always satisfies ``compute_epsilon(...) <= target_epsilon`` for the same arguments.
+    The search is bracketed by RDP, which is cheap at any noise multiplier: the RDP answer is an upper end for
+    ``"pld"`` too (its figure is never above RDP's), and PLD is only evaluated just below it, never at the
+    tiny noise multipliers whose PLD grid would not fit in memory.
 
     Args:
-        target_epsilon: The epsilon budget, > 0.
+        target_epsilon: The epsilon budget, finite and > 0.
         delta: Target delta, in (0, 1).
         n: Number of training examples.
         batch_size: Examples per batch.
-        epochs: Passes over the data.
+        epochs: Passes over the data, finite and > 0.
         accountant: ``"rdp"`` or ``"pld"``.
-        poisson: Sampling assumption, as in :func:`compute_epsilon`.
-        tol: Absolute tolerance on the noise multiplier.
+        poisson: Sampling assumption, as in :func:`compute_epsilon`: True (default) for Poisson sampling,
+            False for shuffled fixed-size batches.
+        tol: Absolute tolerance on the noise multiplier, finite and > 0.
 
     Returns:
         The noise multiplier.
 
     Raises:
-        TypeError, ValueError: an argument has the wrong type or is out of range.
+        TypeError, ValueError: an argument has the wrong type or is out of range, or ``target_epsilon`` is met
+            even at a noise multiplier of 1e-3 or unmet even at 1e12.
 
     Example:
         >>> round(calibrate_noise(3.0, 1e-5, 60000, 256, 60), 2)
@@ -202,21 +370,44 @@ def calibrate_noise(
     n, batch_size, epochs, delta = _check_common(n, batch_size, epochs, delta, accountant)
     target_epsilon = _check_real("target_epsilon", target_epsilon, low=0.0, low_open=True)
     tol = _check_real("tol", tol, low=0.0, low_open=True)
+    poisson = _check_poisson(poisson)
 
-    def make_event(sigma: float) -> dp_accounting.DpEvent:
-        return dp_sgd_event(n, batch_size, sigma, epochs, poisson=bool(poisson))
+    def gap(sigma: float, acc: str) -> float:
+        return _epsilon(n, batch_size, sigma, epochs, delta, acc, poisson) - target_epsilon
 
-    sigma = dp_accounting.calibrate_dp_mechanism(
-        lambda: make_accountant(accountant),
-        make_event,
-        target_epsilon,
-        delta,
-        bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
-        tol=tol,
-    )
-    # Brent's method returns a point within tol of the boundary; step up until the budget provably holds.
-    while compute_epsilon(n, batch_size, sigma, epochs, delta, accountant, poisson) > target_epsilon:
-        sigma += tol
+    def lower_end(high: float, acc: str, factor: float) -> tuple[float, float]:
+        # Shrink by factor until the target is missed: (low, high) then brackets the boundary.
+        low = high * factor
+        while gap(low, acc) <= 0:
+            high, low = low, low * factor
+            if low < _CALIBRATION_MIN_SIGMA:
+                raise ValueError(
+                    f"target_epsilon={target_epsilon:g} is met even at noise_multiplier {_CALIBRATION_MIN_SIGMA:g} "
+                    f"(delta={delta:g}): a budget this large constrains nothing; use a smaller target_epsilon"
+                )
+        return low, high
+
+    def settle(acc: str, low: float, high: float) -> float:
+        sigma = optimize.brentq(lambda s: gap(s, acc), low, high, xtol=tol)
+        # Brent's method returns a point within tol of the boundary; step up until the budget provably holds
+        # (high, where it holds, caps the walk).
+        while sigma < high and gap(sigma, acc) > 0:
+            sigma = min(sigma + tol, high)
+        return sigma
+
+    high = 1.0
+    while gap(high, "rdp") > 0:
+        high *= 2.0
+        if high > _CALIBRATION_MAX_SIGMA:
+            raise ValueError(
+                f"target_epsilon={target_epsilon:g} is not met even at noise_multiplier "
+                f"{_CALIBRATION_MAX_SIGMA:g} (delta={delta:g}); raise target_epsilon or delta"
+            )
+    sigma = settle("rdp", *lower_end(high, "rdp", 0.5))
+    if accountant == "pld":
+        # The RDP answer meets the target under "pld" too (min(PLD, RDP) <= RDP): the bracket's upper end.  PLD's
+        # answer is usually 4-7% below it, and its cost grows as sigma falls, so the bracket shrinks gently.
+        sigma = settle("pld", *lower_end(sigma, "pld", 0.8))
     return float(sigma)
 
 
@@ -237,7 +428,7 @@ def privacy_statement(
         DP-SGD with per-example clipping over 60000 examples...
     """
     n, batch_size, epochs, delta = _check_common(n, batch_size, epochs, delta, accountant)
-    noise_multiplier = _check_real("noise_multiplier", noise_multiplier, low=0.0, low_open=False)
+    noise_multiplier = _check_noise(noise_multiplier)
     eps_shuffled = compute_epsilon(n, batch_size, noise_multiplier, epochs, delta, accountant, poisson=False)
     eps_poisson = compute_epsilon(n, batch_size, noise_multiplier, epochs, delta, accountant, poisson=True)
     head = textwrap.fill(
@@ -261,4 +452,9 @@ def privacy_statement(
         "shuffled fixed-size batches only the first figure is proven.",
         width=80,
     )
-    return f"{head}\n\n{scope}\n{table}\n\n{foot}\n"
+    notes = "".join(
+        "\n" + textwrap.fill(f"{label}: {eps.note}.", width=80) + "\n"
+        for label, eps in (("Shuffled batches", eps_shuffled), ("Poisson sampling", eps_poisson))
+        if eps.note
+    )
+    return f"{head}\n\n{scope}\n{table}\n{notes}\n{foot}\n"

@@ -1,9 +1,17 @@
 """``PrivacyBudget``: a Keras callback that reports epsilon spent every epoch and stops before a budget is exceeded.
 
+The sampling assumption defaults to Poisson sampling, as everywhere in :mod:`tfppml.dp`; it holds only for
+batches from :func:`tfppml.dp.poisson_sample`.  ``Model.fit(x, y, batch_size=...)`` draws shuffled fixed-size
+batches: say so with ``poisson=False`` (no amplification claimed, a much larger epsilon).
+
 Example:
+    >>> batches = tfppml.dp.poisson_sample(x, y, batch_size=256)  # doctest: +SKIP
     >>> budget = PrivacyBudget(n=60000, batch_size=256, delta=1e-5, target_epsilon=3.0)  # doctest: +SKIP
-    >>> model.fit(x, y, batch_size=256, epochs=100, callbacks=[budget])  # doctest: +SKIP
+    >>> model.fit(batches, epochs=100, callbacks=[budget])  # doctest: +SKIP
     >>> budget.epsilon  # doctest: +SKIP
+    >>> # Keras's own shuffled batches earn no amplification by sampling:
+    >>> shuffled = PrivacyBudget(n=60000, batch_size=256, delta=1e-5, target_epsilon=3.0, poisson=False)  # doctest: +SKIP
+    >>> model.fit(x, y, batch_size=256, epochs=100, callbacks=[shuffled])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -31,8 +39,9 @@ class PrivacyBudget(tf.keras.callbacks.Callback):
         target_epsilon: The budget; None only reports epsilon.
         noise_multiplier: Noise multiplier used; None reads it from the model's tfppml DP optimizer.
         accountant: ``"rdp"`` or ``"pld"``.
-        poisson: The sampling assumption, which must match the input pipeline: False (default) for Keras's
-            shuffled fixed-size batches, True only with :func:`tfppml.dp.poisson_sample`.
+        poisson: The sampling assumption, which must match the input pipeline: True (default, as in
+            :func:`tfppml.dp.compute_epsilon`) only with :func:`tfppml.dp.poisson_sample`; False for Keras's
+            shuffled fixed-size batches (``Model.fit(x, y, batch_size=...)``), with no amplification claimed.
 
     Raises:
         TypeError, ValueError: an argument is invalid, or a budget is given with zero noise.
@@ -50,17 +59,16 @@ class PrivacyBudget(tf.keras.callbacks.Callback):
         target_epsilon: float | None = None,
         noise_multiplier: float | None = None,
         accountant: str = "rdp",
-        poisson: bool = False,
+        poisson: bool = True,
     ):
         super().__init__()
         accounting._check_common(n, batch_size, 1.0, delta, accountant)
         if target_epsilon is not None:
             target_epsilon = accounting._check_real("target_epsilon", target_epsilon, low=0.0, low_open=True)
         if noise_multiplier is not None:
-            noise_multiplier = accounting._check_real("noise_multiplier", noise_multiplier, low=0.0, low_open=False)
+            noise_multiplier = accounting._check_noise(noise_multiplier)
             self._check_noise(noise_multiplier, target_epsilon)
-        if not isinstance(poisson, bool):
-            raise TypeError(f"poisson must be a bool, got {type(poisson).__name__} {poisson!r}")
+        accounting._check_poisson(poisson)
         self.n, self.batch_size, self.delta = int(n), int(batch_size), float(delta)
         self.target_epsilon, self.noise_multiplier = target_epsilon, noise_multiplier
         self.accountant, self.poisson = accountant, poisson

@@ -4,6 +4,11 @@ Examples::
 
     tfppml privacy --n 60000 --batch-size 256 --noise-multiplier 1.1 --epochs 60 --delta 1e-5
     tfppml privacy --n 60000 --batch-size 256 --epochs 60 --delta 1e-5 --target-epsilon 3
+    tfppml privacy --n 60000 --batch-size 256 --epochs 60 --delta 1e-5 --target-epsilon 3 --sampling shuffle
+
+The statement gives epsilon under both sampling assumptions; ``--target-epsilon`` calibrates for one,
+``--sampling``: Poisson sampling by default (as everywhere in tfppml.dp), ``shuffle`` for the shuffled
+fixed-size batches of ``Model.fit``.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--sampling",
         choices=("poisson", "shuffle"),
-        default="shuffle",
-        help="sampling assumption used for --target-epsilon (default shuffle: no amplification claimed)",
+        default="poisson",
+        help="sampling assumption used for --target-epsilon: poisson (default, as compute_epsilon and "
+        "PrivacyBudget; batches from tfppml.dp.poisson_sample) or shuffle (shuffled fixed-size batches, as "
+        "Model.fit draws them: no amplification claimed)",
     )
     parser.set_defaults(func=run)
 
@@ -55,12 +62,14 @@ def run(args: argparse.Namespace) -> int:
             eps = accounting.compute_epsilon(
                 args.n, args.batch_size, sigma, args.epochs, args.delta, args.accountant, poisson
             )
+            sampling = "Poisson sampling (tfppml.dp.poisson_sample)" if poisson else "shuffled batches (no amplification)"
             print(
                 f"noise multiplier {sigma:.4f} gives epsilon = {eps:.3f} <= {args.target_epsilon:g} at delta = "
                 f"{args.delta:g} for {args.n} examples, batch size {args.batch_size}, {args.epochs:g} epochs "
                 f"({accounting.steps_for(args.n, args.batch_size, args.epochs)} steps), "
-                f"{'Poisson sampling' if poisson else 'shuffled batches (no amplification)'}, "
-                f"{args.accountant.upper()} accounting, add-or-remove-one adjacency."
+                f"{sampling}, "
+                f"{eps.accountant.upper()} accounting, add-or-remove-one adjacency."
+                + (f" Note: {eps.note}." if eps.note else "")
             )
     except (TypeError, ValueError) as err:
         print(f"tfppml privacy: error: {err}")

@@ -4,7 +4,10 @@ Usage is one compile argument; the loss keeps its default reduction and there ar
 
     model.compile(optimizer=tfppml.dp.DPSGD(l2_norm_clip=1.0, noise_multiplier=1.1, learning_rate=0.1),
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    model.fit(x, y, batch_size=256, epochs=3, callbacks=[tfppml.dp.PrivacyBudget(...)])
+    model.fit(tfppml.dp.poisson_sample(x, y, batch_size=256), epochs=3, callbacks=[tfppml.dp.PrivacyBudget(...)])
+
+(``Model.fit(x, y, batch_size=256)`` would draw shuffled fixed-size batches instead: then the callback needs
+``poisson=False``, since the accounting's default is Poisson sampling.)
 
 How the optimizer hooks into Keras 2 (design)
 ---------------------------------------------

@@ -442,6 +442,19 @@ def gnmax_log_q(counts: Any, sigma: float) -> np.ndarray:
     return np.minimum(special.logsumexp(log_terms, axis=1), math.log(1.0 - 1.0 / gaps.shape[1]))
 
 
+# RDP is never negative; Theorem 6's bound for a confident vote is log(1 - q + q * tiny) / (lambda - 1), which
+# rounds to about -1e-16 (-2.8e-16 at order 1.1 for votes [240, 5, 5, 0, ...] at sigma 20) and made
+# dp-accounting's conversion raise.  Negatives down to this size are rounding and are set to 0; anything more
+# negative is a real error and still raises.
+_RDP_ROUNDING = 1e-12
+
+
+def _clamp_rounding(rdp: np.ndarray) -> np.ndarray:
+    if np.any(rdp < -_RDP_ROUNDING):
+        raise ValueError(f"GNMax RDP is negative beyond rounding ({float(rdp.min()):.3g}); please report this")
+    return np.maximum(rdp, 0.0)
+
+
 def gnmax_data_dependent_rdp(log_q: Any, sigma: float, orders: Sequence[float]) -> np.ndarray:
     """Per-query RDP of GNMax, ``[len(log_q), len(orders)]``: Theorem 6 of Papernot et al. 2018, else Prop. 8.
 
@@ -450,7 +463,8 @@ def gnmax_data_dependent_rdp(log_q: Any, sigma: float, orders: Sequence[float]) 
     ``q <= e^{(mu2 - 1) eps2} / (mu1/(mu1-1) * mu2/(mu2-1))^mu2``, the RDP of order lambda is at most
     ``log((1-q) A^{lambda-1} + q B^{lambda-1}) / (lambda - 1)`` with
     ``A = (1-q) / (1 - (q e^{eps2})^{(mu2-1)/mu2})`` and ``B = e^{eps1} / q^{1/(mu1-1)}``; the result is never
-    above the data-independent ``lambda / sigma^2``.
+    above the data-independent ``lambda / sigma^2``.  Negative values down to -1e-12 (rounding, for very
+    confident votes) are returned as 0; a more negative value raises ``ValueError``.
     """
     sigma = _check_positive("sigma", sigma)
     orders = np.asarray(orders, dtype=np.float64)
@@ -478,7 +492,7 @@ def gnmax_data_dependent_rdp(log_q: Any, sigma: float, orders: Sequence[float]) 
         log_b = eps1 - lq / (mu1 - 1.0)
         bound = np.logaddexp(log_1mq + (lam - 1.0) * log_a, lq + (lam - 1.0) * log_b) / (lam - 1.0)
         out[row, use] = np.minimum(out[row, use], bound)
-    return out
+    return _clamp_rounding(out)
 
 
 def gnmax_analysis(
