@@ -90,3 +90,13 @@ def test_the_running_rdp_curve_equals_a_composing_accountant_and_survives_a_reop
     reopened = PrivacyLedger(tmp_path / "logs" / "ledger", key)
     assert reopened.spent(("dataset", "patients"), 1e-5) == pytest.approx(reference.get_epsilon(1e-5), rel=1e-12)
     assert reopened.spent(("identity", "bob"), 1e-5) == 0.0
+
+
+def test_a_run_with_huge_noise_is_charged_almost_nothing_instead_of_failing(ledger):
+    # dp-accounting's subsampled RDP rounds below zero at sigma 1e6; the ledger uses tfppml.dp's proven bound.
+    from tfppml.remote.ledger import dp_sgd
+
+    budgets = [Budget(("dataset", "patients"), 1.0, 1e-5, "datasets.patients.dp")]
+    event = dp_sgd(n=1000, batch_size=10, noise_multiplier=1e6, epochs=5)
+    spent = ledger.charge("alice", ["patients"], event, budgets, "a quiet run")["dataset:patients"]
+    assert 0.0 <= spent < 1e-6

@@ -79,21 +79,25 @@ def to_dp_event(event: dict[str, Any]) -> Any:
     raise AuditLogError(f"unknown ledger event {event!r:.80}")
 
 
-def _rdp(event: Any) -> np.ndarray:
-    """The RDP curve of one dp-accounting event at the accountant's orders.
+def _rdp(event: dict[str, Any]) -> np.ndarray:
+    """The RDP curve of one ledger event at the accountant's orders (`tfppml.dp.accounting`'s, each value a
+    proven upper bound: a huge noise multiplier rounds dp-accounting's subsampled figure below zero).
 
     Why not keep one accountant per budget and compose into it: checking a budget needs "spent + this event"
     without committing it, and copying an accountant copies its whole event history, so every charge would cost
     time in the number of charges so far (43 ms after 100 releases, and a hostile identity's stream of small
     releases would hold the ledger lock ever longer). RDP composes by adding curves, so the ledger keeps one
-    running curve per budget. The curve is read from dp-accounting's RdpAccountant (``_rdp``, its only store of
-    it; dp-accounting is pinned, and tests/remote/test_ledger.py checks the sum against a composing accountant).
+    running curve per budget (tests/remote/test_ledger.py checks the sum against a composing accountant).
     """
-    from tfppml.dp.accounting import make_accountant
+    from tfppml.dp.accounting import _RDP_ORDERS, _rdp_curve
 
-    accountant = make_accountant("rdp")
-    accountant.compose(event)
-    return np.array(accountant._rdp, dtype=np.float64)
+    to_dp_event(event)  # an unknown or malformed event is refused the same way
+    if event["type"] == "gaussian":
+        # One Gaussian release: RDP alpha / (2 z^2) at every order.
+        sigma = float(event["noise_multiplier"])
+        return np.asarray(_RDP_ORDERS, dtype=np.float64) / (2.0 * sigma * sigma)
+    return np.asarray(_rdp_curve(int(event["n"]), int(event["batch_size"]), float(event["noise_multiplier"]),
+                                 float(event["epochs"]), True), dtype=np.float64)  # fmt: skip
 
 
 def _epsilon_of(curve: np.ndarray | None, delta: float) -> float:
@@ -108,7 +112,7 @@ def _epsilon_of(curve: np.ndarray | None, delta: float) -> float:
 
 def cost(event: dict[str, Any], delta: float) -> float:
     """Epsilon at `delta` of one ledger event on its own."""
-    return _epsilon_of(_rdp(to_dp_event(event)), delta)
+    return _epsilon_of(_rdp(event), delta)
 
 
 class PrivacyLedger:
@@ -132,8 +136,8 @@ class PrivacyLedger:
         try:
             self._log = AuditLog(self._path, key, purpose="ledger")
             for entry in self._log.entries():
-                self._add([tuple(key) for key in entry["charged"]], _rdp(to_dp_event(entry["event"])))
-        except (AuditLogError, KeyError, TypeError) as err:
+                self._add([tuple(key) for key in entry["charged"]], _rdp(entry["event"]))
+        except (AuditLogError, KeyError, TypeError, ValueError) as err:
             self.broken = f"the privacy ledger {self._path} does not verify: {err}"
             if self._log is not None:
                 self._log.close()
@@ -157,7 +161,7 @@ class PrivacyLedger:
           PolicyDenied: the ledger is broken (fail closed), or a budget would be exceeded (its rule named);
             nothing is recorded then.
         """
-        curve = _rdp(to_dp_event(event))
+        curve = _rdp(event)
         with self._lock:
             if self.broken is not None or self._log is None:
                 raise PolicyDenied(

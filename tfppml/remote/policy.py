@@ -471,11 +471,9 @@ class Policy:
 @functools.lru_cache(maxsize=1)
 def _unit_gaussian_curve() -> Any:
     """The RDP curve of a Gaussian release with noise multiplier 1 (alpha / 2 at each order)."""
-    import dp_accounting
-
     from tfppml.remote.ledger import _rdp
 
-    return _rdp(dp_accounting.GaussianDpEvent(1.0))
+    return _rdp({"type": "gaussian", "noise_multiplier": 1.0})
 
 
 # Bounded: the epsilons come from callers, and an unbounded cache would let one grow the worker's memory.
