@@ -43,9 +43,9 @@ POLICY = {
 }  # fmt: skip
 
 
-def _worker(directory: Path, service: str = "remote") -> Cluster:
+def _worker(directory: Path, service: str = "remote", **options: str) -> Cluster:
     return Cluster(Worker("127.0.0.1:0", name="hospital"), service=service,
-                   service_options=write_setup(directory, POLICY), identities=IDENTITIES,
+                   service_options={**write_setup(directory, POLICY), **options}, identities=IDENTITIES,
                    max_message_bytes=MAX_MESSAGE_BYTES, timeout=120.0)  # fmt: skip
 
 
@@ -308,3 +308,17 @@ def test_an_object_deleted_while_a_fit_uses_it_stays_counted_until_the_fit_ends(
 def test_control_an_eager_free_uncounts_bytes_still_in_use(weakened):
     before, during, _, _ = _delete_during_fit(weakened("make_eager_free_service"))
     assert during < before
+
+
+@pytest.mark.parametrize("ceiling", ["1", "0"], ids=["ceiling", "control-no-ceiling"])
+def test_past_the_worker_memory_ceiling_requests_that_allocate_are_refused(tmp_path, ceiling):
+    """The backstop for memory TensorFlow keeps per Keras loop and per built model (no object holds it)."""
+    with _worker(tmp_path, max_worker_rss_bytes=ceiling) as cluster, _connect(cluster, "anyone") as anyone:
+        assert anyone.info()["objects"] == 0  # info still answers
+        if ceiling == "0":
+            assert anyone.send(np.ones(4)).get().tolist() == [1.0] * 4
+            return
+        with pytest.raises(PolicyDenied, match=r"worker\.max_worker_rss_bytes.*past its ceiling of 1;"):
+            anyone.send(np.ones(4))
+        with pytest.raises(PolicyDenied, match="max_worker_rss_bytes"):
+            anyone.dataset("patients")

@@ -19,6 +19,11 @@ Options (all ``--option KEY=VALUE``):
 - ``max_object_bytes``, ``max_objects``, ``max_held_bytes``, ``max_concurrent``, ``max_seconds``, ``max_flops``,
   ``max_epochs``, ``max_params``, ``max_activation_bytes``: the worker's default resource limits per identity
   (see `tfppml.remote.limits`); the policy file's ``limits`` override them.
+- ``max_worker_rss_bytes``: a ceiling on the whole worker process's resident memory (default 80% of the
+  machine's; 0 turns it off). Past it, every request that could allocate is refused (info, get and delete still
+  work) until the owner restarts the worker. It is a backstop, not a per-identity limit: TensorFlow keeps
+  memory per Keras loop (~0.25 MiB) and per newly built model (2-4 MiB) that no object accounts for and nothing
+  frees, so a stream of fits would otherwise grow the worker until the kernel kills it.
 
 Requests (meta "op"; a request may also carry "free": [object ids] to delete first, which is how the client's
 pointer finalizers release objects without calling out of a garbage collector):
@@ -60,6 +65,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 from pathlib import Path
@@ -122,8 +128,10 @@ class RemoteService(ModelOps):
         ledger: PrivacyLedger,
         *,
         limits: Limits = DEFAULT_LIMITS,
+        max_worker_rss_bytes: int = 0,
     ) -> None:
         self._name = name
+        self._max_rss = int(max_worker_rss_bytes)
         self._datasets: dict[str, np.ndarray] = {}
         for key, array in datasets.items():
             if array.dtype.name not in TENSOR_DTYPES:
@@ -198,6 +206,8 @@ class RemoteService(ModelOps):
             self._policy.check_rate(caller)
             if not isinstance(op, str) or op not in self._ops:
                 raise ValueError(f"`op` must be one of {sorted(self._ops)}, got {op!r}")
+            if op not in _NON_ALLOCATING and self._max_rss:
+                self._check_worker_memory()
             limits, rule = self._limits_of(caller)
             with self._usage.request(caller, limits, rule):
                 reply = self._ops[op](caller, meta, tensors, record)
@@ -214,6 +224,15 @@ class RemoteService(ModelOps):
         record.setdefault("allowed", True)
         self._audit.append(**record)
         return reply
+
+    def _check_worker_memory(self) -> None:
+        rss = _resident_bytes()
+        if rss > self._max_rss:
+            raise QuotaExceeded(
+                f"policy rule 'worker.max_worker_rss_bytes': the worker process holds {rss} bytes, past its "
+                f"ceiling of {self._max_rss}; requests that allocate are refused until its owner restarts it "
+                "(the audit log and the privacy ledger persist; info, get and delete still work)"
+            )
 
     # -- object store
 
@@ -517,6 +536,27 @@ class RemoteService(ModelOps):
 
 
 
+#: Requests that allocate nothing that stays (still served past the worker's memory ceiling).
+_NON_ALLOCATING = frozenset({"info", "get", "delete"})
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 where it cannot be read, which turns the ceiling off)."""
+    try:
+        with open("/proc/self/statm") as file:
+            return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _default_rss_ceiling() -> int:
+    """80% of the machine's memory (0 where it cannot be read)."""
+    try:
+        return int(0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (OSError, ValueError):
+        return 0
+
+
 def _rule_of(err: PolicyDenied) -> str:
     text = str(err)
     start = text.find("policy rule '")
@@ -543,10 +583,21 @@ def make_service(
       ValueError: An unknown option, an unreadable data file or policy, a broken audit log.
     """
     options = dict(options or {})
-    known = {"data", "policy", "audit", "audit_key", *FIELDS}
+    known = {"data", "policy", "audit", "audit_key", "max_worker_rss_bytes", *FIELDS}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"remote service: unknown option(s) {unknown}; known options are {sorted(known)}")
+    ceiling = _default_rss_ceiling()
+    if options.get("max_worker_rss_bytes") is not None:
+        try:
+            ceiling = int(options["max_worker_rss_bytes"])
+        except ValueError:
+            ceiling = -1
+        if ceiling < 0:
+            raise ValueError(
+                "remote service: option max_worker_rss_bytes must be an int >= 0 (0: no ceiling), got "
+                f"{options['max_worker_rss_bytes']!r}"
+            )
     datasets: dict[str, np.ndarray] = {}
     if options.get("data"):
         path = Path(options["data"])
@@ -588,7 +639,7 @@ def make_service(
         policy.source,
         audit.path,
     )
-    return RemoteService(name, datasets, policy, audit, ledger, limits=limits)
+    return RemoteService(name, datasets, policy, audit, ledger, limits=limits, max_worker_rss_bytes=ceiling)
 
 
 def ledger_path(audit: str | Path) -> Path:
