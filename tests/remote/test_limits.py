@@ -296,7 +296,8 @@ def _delete_during_fit(cluster):
         during = again.info()["held_bytes"]
         thread.join(timeout=120)
         assert "trained" in done, "the fit did not finish"
-        return before - base, during - base, again.info()["held_bytes"] - base, 4 * _mlp(64).count_params()
+        # A trained model holds its share of the built model (weights; SGD keeps no state) and its own weights.
+        return before - base, during - base, again.info()["held_bytes"] - base, 2 * 4 * _mlp(64).count_params()
 
 
 def test_an_object_deleted_while_a_fit_uses_it_stays_counted_until_the_fit_ends(worker):
@@ -322,3 +323,21 @@ def test_past_the_worker_memory_ceiling_requests_that_allocate_are_refused(tmp_p
             anyone.send(np.ones(4))
         with pytest.raises(PolicyDenied, match="max_worker_rss_bytes"):
             anyone.dataset("patients")
+
+
+def _fit_memory(arm):
+    import subprocess
+    import sys
+
+    script = Path(__file__).with_name("fit_memory.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(script.parents[2]), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(script), arm], env=env, capture_output=True, text=True, timeout=300,
+                         check=True).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1])["mib_per_fit"]
+
+
+def test_repeated_fits_of_one_model_do_not_grow_the_worker():
+    """Red team finding 5: every fit built a new Keras model, and TensorFlow keeps 2-4 MiB per built and traced
+    model that nothing frees (+4.2 MiB RSS per fit, held 0). Fits now share the model put_model built; the
+    control rebuilds per fit. Measured here: 0.32 against 2.1 MiB per fit (what remains is Keras's own loop)."""
+    assert _fit_memory("shared") < 1.0 < _fit_memory("rebuild")

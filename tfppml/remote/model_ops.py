@@ -4,7 +4,14 @@ Every model is sized from its configuration before it is built (`tfppml.remote.s
 activations per example and its arithmetic, checked against the caller's limits (`tfppml.remote.limits`) with the
 rows, the batch size and the epochs of the request.  The Keras loops run with a deadline (``max_seconds``) and
 without any worker-wide lock: one identity's long fit does not hold back another identity's requests.  Only the
-building of a model (bounded by ``max_params``) and the uses of one model object are serialised.
+building of a model (bounded by ``max_params`` and the layer count) and the uses of one built model are
+serialised.
+
+A model sent with put_model is built once. The models fit from it share that built Keras model, each object
+keeping its own weights (set on the shared model before each use, under its lock): TensorFlow keeps 2-4 MiB
+per newly built and traced model that nothing frees, so rebuilding for every fit grew the worker without bound.
+The optimizer's state is reset before each fit, as a fresh build had it. A shared model lives as long as any
+object that runs on it; each object counts its weights, its optimizer's state and its own copy of the weights.
 """
 
 from __future__ import annotations
@@ -18,13 +25,13 @@ from tfppml.errors import PolicyDenied, QuotaExceeded
 from tfppml.remote.ledger import cost, dp_sgd
 from tfppml.remote.limits import Deadline, Limits, check_flops
 from tfppml.remote.policy import Label
-from tfppml.remote.models import DP_OPTIMIZERS, build_model, check_compile, model_bytes, size_spec, weights_of
+from tfppml.remote.models import DP_OPTIMIZERS, build_model, check_compile, model_bytes, size_spec
 from tfppml.remote.provenance import StoredObject, paired_label
 
 if TYPE_CHECKING:  # pragma: no cover
     from tfppml.remote.sizing import ModelSize
 
-__all__ = ["ModelOps"]
+__all__ = ["ModelOps", "SharedModel"]
 
 Message = tuple[dict[str, Any], dict[str, np.ndarray]]
 
@@ -32,6 +39,35 @@ Message = tuple[dict[str, Any], dict[str, np.ndarray]]
 INFERENCE_BATCH = 32
 #: A training step's arithmetic relative to its forward pass (forward, and backward for inputs and weights).
 TRAINING_FLOPS_FACTOR = 3
+
+
+class SharedModel:
+    """A built, compiled Keras model and the lock that serialises its uses; `current` is the object whose
+    weights it holds now."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.lock = threading.Lock()
+        self.current: StoredObject | None = None
+
+    def load(self, obj: StoredObject) -> Any:
+        """The Keras model with `obj`'s weights (call with `lock` held)."""
+        if self.current is not obj:
+            self.model.set_weights(obj.weights)
+            self.current = obj
+        return self.model
+
+    def reset_optimizer(self) -> None:
+        """Zeroes the optimizer's state (iterations, moments, accumulators): a fit starts as on a fresh build."""
+        import tensorflow as tf
+
+        for variable in self.model.optimizer.variables:
+            variable.assign(tf.zeros_like(variable))
+
+
+def _object_bytes(size: ModelSize, optimizer: str) -> int:
+    """What a model object holds: its share of a built model (weights and optimizer state) and its own weights."""
+    return model_bytes(size, optimizer) + size.param_bytes
 
 
 class ModelOps:
@@ -66,11 +102,13 @@ class ModelOps:
             raise ValueError(
                 f"the model's configuration declares {size.params} weights; the tensors sent hold {sent}"
             )
-        held = model_bytes(size, spec["compile"]["optimizer"])
+        held = _object_bytes(size, spec["compile"]["optimizer"])
         with self._reserve(caller, held, limits, rule, "the model"):
             with self._build_lock:
                 model = build_model(spec, tensors)
-            obj = StoredObject(caller, "model", Label(), model=model, model_spec=spec, held=held, size=size)
+            obj = StoredObject(caller, "model", Label(), model=SharedModel(model), model_spec=spec, held=held,
+                               size=size, weights=model.get_weights())  # fmt: skip
+            obj.model.current = obj
             return self._store(caller, obj, record), {}
 
     def _op_fit(self, caller: str, meta: dict, tensors: dict, record: dict) -> Message:
@@ -103,33 +141,46 @@ class ModelOps:
             if private:
                 self._check_room(caller, limits, rule)  # a model that could not be stored must not be paid for
                 reply = self._charge_training(caller, meta, x, y, spec["compile"], epochs, batch_size, record)
-            # The deadline starts before the model is rebuilt: building counts against the request's time.
             deadline = Deadline(limits.max_seconds, rule, f"this fit ({epochs} epoch(s))")
-            with self._build_lock:
-                model = build_model(spec, weights_of(source.model))
-            try:
-                if private:
-                    import tfppml.dp
-                    from tfppml.dp.accounting import steps_for
-
-                    # Poisson sampling, as the accountant assumes: each row joins each step's batch with
-                    # probability batch_size / n, for ceil(epochs * n / batch_size) steps (fresh randomness).
-                    data = tfppml.dp.poisson_sample(
-                        x.value, y.value, batch_size=batch_size, steps=steps_for(rows, batch_size, epochs)
-                    )
-                    model.fit(data, epochs=1, verbose=0, callbacks=[deadline])
-                else:
-                    model.fit(x.value, y.value, epochs=epochs, batch_size=batch_size, verbose=0,
-                              callbacks=[deadline])  # fmt: skip
-            except (ValueError, tf.errors.InvalidArgumentError) as err:
-                raise ValueError(
-                    f"fit failed on x {list(x.value.shape)} and y {list(y.value.shape)}: {_first_line(err)}"
-                ) from None
+            shared = source.model
             data_label = x.label.join(y.label)
             # A DP-SGD model is a DP release of the data (releasable under the dp rule, like a noised sum).
             label = source.label.join(data_label.noised() if private else data_label.trained())
-            obj = StoredObject(caller, "model", label, model=model, model_spec=spec, held=held, size=size)
+            with shared.lock:
+                trained = self._train(shared, source, x, y, private, epochs, batch_size, rows, deadline)
+                obj = StoredObject(caller, "model", label, model=shared, model_spec=spec, held=held, size=size,
+                                   weights=trained)  # fmt: skip
+                shared.current = obj  # the shared model holds the trained weights
             return {**self._store(caller, obj, record), **reply}, {}
+
+    def _train(self, shared: SharedModel, source: StoredObject, x: StoredObject, y: StoredObject, private: bool,
+               epochs: int, batch_size: int, rows: int, deadline: Any) -> list[np.ndarray]:  # fmt: skip
+        """Trains the shared model from `source`'s weights (lock held); returns the trained weights. The shared
+        model holds them afterwards, but belongs to no object until one is stored with them."""
+        import tensorflow as tf
+
+        model = shared.load(source)
+        shared.reset_optimizer()
+        shared.current = None  # from the first step on, its weights are no object's
+        try:
+            if private:
+                import tfppml.dp
+                from tfppml.dp.accounting import steps_for
+
+                # Poisson sampling, as the accountant assumes: each row joins each step's batch with
+                # probability batch_size / n, for ceil(epochs * n / batch_size) steps (fresh randomness).
+                data = tfppml.dp.poisson_sample(
+                    x.value, y.value, batch_size=batch_size, steps=steps_for(rows, batch_size, epochs)
+                )
+                model.fit(data, epochs=1, verbose=0, callbacks=[deadline])
+            else:
+                model.fit(x.value, y.value, epochs=epochs, batch_size=batch_size, verbose=0,
+                          callbacks=[deadline])  # fmt: skip
+        except (ValueError, tf.errors.InvalidArgumentError) as err:
+            raise ValueError(
+                f"fit failed on x {list(x.value.shape)} and y {list(y.value.shape)}: {_first_line(err)}"
+            ) from None
+        return model.get_weights()
 
     def _charge_training(
         self, caller: str, meta: dict, x: StoredObject, y: StoredObject, comp: dict, epochs: int, batch_size: int,
@@ -179,9 +230,9 @@ class ModelOps:
         limits, rule = self._inference(caller, source, x, "predict")
         rows = int(x.value.shape[0]) if x.value.ndim else 1
         out = rows * int(np.prod(source.size.output_shape)) * source.size.itemsize
-        with self._reserve(caller, out, limits, rule, "the predictions"), source.lock:
+        with self._reserve(caller, out, limits, rule, "the predictions"), source.model.lock:
             try:
-                value = np.asarray(source.model.predict(
+                value = np.asarray(source.model.load(source).predict(
                     x.value, verbose=0, batch_size=INFERENCE_BATCH,
                     callbacks=[Deadline(limits.max_seconds, rule, "this predict")]))  # fmt: skip
             except (ValueError, tf.errors.InvalidArgumentError) as err:
@@ -202,9 +253,9 @@ class ModelOps:
         y = self._lookup(caller, meta, "y", "tensor", record)
         _check_rows(x, y)
         limits, rule = self._inference(caller, source, x, "evaluate", y)
-        with source.lock:
+        with source.model.lock:
             try:
-                result = source.model.evaluate(
+                result = source.model.load(source).evaluate(
                     x.value, y.value, verbose=0, return_dict=True, batch_size=INFERENCE_BATCH,
                     callbacks=[Deadline(limits.max_seconds, rule, "this evaluate")])  # fmt: skip
             except (ValueError, tf.errors.InvalidArgumentError) as err:

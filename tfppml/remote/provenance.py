@@ -25,7 +25,9 @@ class StoredObject:
     kind: str  # "tensor" or "model"
     label: Label
     value: np.ndarray | None = None
-    model: Any = None  # a compiled tf.keras.Model
+    model: Any = None  # a `tfppml.remote.model_ops.SharedModel`: the built Keras model this object runs on
+    #: A model object's own weights (its Keras model may be shared with the objects fit from it).
+    weights: list[np.ndarray] | None = None
     model_spec: dict[str, Any] | None = None
     #: Bytes counted against the owner's max_held_bytes (None: the value's bytes; 0 for a view of a data set).
     held: int | None = None

@@ -80,7 +80,7 @@ from tfppml.remote.audit import AuditLog, load_key
 from tfppml.remote.ledger import PrivacyLedger, gaussian
 from tfppml.remote.limits import DEFAULT_LIMITS, FIELDS, Limits, Usage, check_flops, parse_limits
 from tfppml.remote.model_ops import ModelOps
-from tfppml.remote.models import check_model_config, weights_of
+from tfppml.remote.models import check_model_config
 from tfppml.remote.policy import Label, Policy, calibrate_gaussian
 from tfppml.remote.provenance import (
     StoredObject,
@@ -522,7 +522,7 @@ class RemoteService(ModelOps):
         obj = self._lookup(caller, meta, "x", kind, record)
         record["rule"] = self._policy.check_release(caller, obj.label, object_id)
         if obj.kind == "model":
-            weights = weights_of(obj.model)
+            weights = {f"w{i}": w for i, w in enumerate(obj.weights)}
             record["result_bytes"] = int(sum(w.nbytes for w in weights.values()))
             return {"kind": "model", "count": len(weights)}, weights
         record["result_bytes"] = int(obj.value.nbytes)
