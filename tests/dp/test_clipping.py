@@ -298,3 +298,35 @@ def test_xla_is_refused_with_a_clear_error():
     pg = PrivateGradients(1.0, 1.0)
     with pytest.raises(ValueError, match="jit_compile=False"):
         tf.function(lambda: pg.compute(model, x, y, loss=SCCE)[2], jit_compile=True)()
+
+
+def test_a_masked_per_timestep_loss_clips_each_example_on_its_own_mean():
+    """Issue #19: Keras divides a masked loss by the unmasked steps of the whole batch, so an example's clipping
+    depended on the other examples' lengths. Per example, the loss is its mean over its own unmasked steps (what
+    Keras computes for that example alone, which is what the reference loop takes)."""
+    rng = np.random.default_rng(5)
+    ids = rng.integers(1, 8, (6, 7))
+    for row, length in enumerate([7, 2, 5, 1, 7, 3]):
+        ids[row, length:] = 0
+    y = rng.integers(0, 3, (6, 7))
+    model = tf.keras.Sequential([L.Embedding(8, 4, mask_zero=True), L.Dense(5, activation="tanh"), L.Dense(3)])
+    check_exact(model, ids, y)
+    # The factors are what they say: independent of the other examples (a long neighbour changes nothing).
+    clip = 1e6
+    pg = PrivateGradients(l2_norm_clip=clip, noise_multiplier=0.0)
+    alone = pg.compute(model, ids[1:2], y[1:2], loss=SCCE)[2]
+    padded = np.concatenate([ids[1:2], ids[0:1]]), np.concatenate([y[1:2], y[0:1]])
+    with_long = pg.compute(model, padded[0], padded[1], loss=SCCE)[2]
+    other = pg.compute(model, ids[0:1], y[0:1], loss=SCCE)[2]
+    for a, b, c in zip(alone, with_long, other):
+        np.testing.assert_allclose((tf.convert_to_tensor(a) + tf.convert_to_tensor(c)).numpy() / 2,
+                                   tf.convert_to_tensor(b).numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_masked_output_with_a_plain_loss_function_is_refused():
+    ids = np.array([[1, 2, 0], [3, 0, 0]])
+    model = tf.keras.Sequential([L.Embedding(4, 2, mask_zero=True), L.Dense(2)])
+    model(ids)
+    pg = PrivateGradients(l2_norm_clip=1.0, noise_multiplier=0.0)
+    with pytest.raises(ValueError, match="carries a Keras mask but `loss` is a plain function"):
+        pg.compute(model, ids, np.zeros((2, 3)), loss=lambda t, p: tf.reduce_mean(tf.square(p)))
