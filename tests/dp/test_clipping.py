@@ -330,3 +330,32 @@ def test_a_masked_output_with_a_plain_loss_function_is_refused():
     pg = PrivateGradients(l2_norm_clip=1.0, noise_multiplier=0.0)
     with pytest.raises(ValueError, match="carries a Keras mask but `loss` is a plain function"):
         pg.compute(model, ids, np.zeros((2, 3)), loss=lambda t, p: tf.reduce_mean(tf.square(p)))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: L.LSTM(5), lambda: L.GRU(4), lambda: L.SimpleRNN(3), lambda: L.Bidirectional(L.LSTM(3)),
+     lambda: L.LSTM(4, return_sequences=True)],
+    ids=["lstm", "gru", "simple-rnn", "bidirectional", "lstm-sequences"],
+)
+def test_recurrent_layers(make):
+    """Issue #19: LSTM/GRU raised KeyError (their cell runs inside a loop over time) and SimpleRNN was refused;
+    the recurrent layer as a whole now takes the vectorized per-example path."""
+    x, y = rng_data((6, 5, 3))
+    layer = make()
+    pooled = [L.GlobalAveragePooling1D()] if getattr(layer, "return_sequences", False) else []
+    check_exact(tf.keras.Sequential([layer, *pooled, L.Dense(3)]), x, y)
+
+
+def test_a_masked_lstm_trains_with_dpsgd():
+    import tfppml.dp
+
+    rng = np.random.default_rng(6)
+    ids = rng.integers(1, 9, (64, 6))
+    ids[::2, 3:] = 0
+    y = (ids[:, 0] > 4).astype("int64")
+    model = tf.keras.Sequential([L.Embedding(9, 4, mask_zero=True), L.LSTM(4), L.Dense(2)])
+    check_exact(model, ids[:6], y[:6])
+    model.compile(optimizer=tfppml.dp.DPSGD(l2_norm_clip=1.0, noise_multiplier=0.5, learning_rate=0.5), loss=SCCE)
+    history = model.fit(ids, y, batch_size=16, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()

@@ -377,6 +377,7 @@ class GenericRule(LayerRule):
 
 
 _GENERIC = GenericRule()
+_RECURRENT = _GENERIC
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -421,6 +422,11 @@ def _assign_rules(layer, out: list) -> None:
     rule = rule_for(layer)
     if rule is not None:
         out.append((layer, rule))
+        return
+    if isinstance(layer, (tf.keras.layers.RNN, tf.keras.layers.Bidirectional)):
+        # A recurrent layer calls its cell inside a loop over time: the cell's calls cannot be captured one by
+        # one, so the layer as a whole is the unit (its weights are its cells').
+        out.append((layer, _RECURRENT))
         return
     sublayers = list(layer._flatten_layers(include_self=False, recursive=False))
     if sublayers and not layer._trainable_weights:
