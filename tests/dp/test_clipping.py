@@ -298,3 +298,64 @@ def test_xla_is_refused_with_a_clear_error():
     pg = PrivateGradients(1.0, 1.0)
     with pytest.raises(ValueError, match="jit_compile=False"):
         tf.function(lambda: pg.compute(model, x, y, loss=SCCE)[2], jit_compile=True)()
+
+
+def test_a_masked_per_timestep_loss_clips_each_example_on_its_own_mean():
+    """Issue #19: Keras divides a masked loss by the unmasked steps of the whole batch, so an example's clipping
+    depended on the other examples' lengths. Per example, the loss is its mean over its own unmasked steps (what
+    Keras computes for that example alone, which is what the reference loop takes)."""
+    rng = np.random.default_rng(5)
+    ids = rng.integers(1, 8, (6, 7))
+    for row, length in enumerate([7, 2, 5, 1, 7, 3]):
+        ids[row, length:] = 0
+    y = rng.integers(0, 3, (6, 7))
+    model = tf.keras.Sequential([L.Embedding(8, 4, mask_zero=True), L.Dense(5, activation="tanh"), L.Dense(3)])
+    check_exact(model, ids, y)
+    # The factors are what they say: independent of the other examples (a long neighbour changes nothing).
+    clip = 1e6
+    pg = PrivateGradients(l2_norm_clip=clip, noise_multiplier=0.0)
+    alone = pg.compute(model, ids[1:2], y[1:2], loss=SCCE)[2]
+    padded = np.concatenate([ids[1:2], ids[0:1]]), np.concatenate([y[1:2], y[0:1]])
+    with_long = pg.compute(model, padded[0], padded[1], loss=SCCE)[2]
+    other = pg.compute(model, ids[0:1], y[0:1], loss=SCCE)[2]
+    for a, b, c in zip(alone, with_long, other):
+        np.testing.assert_allclose((tf.convert_to_tensor(a) + tf.convert_to_tensor(c)).numpy() / 2,
+                                   tf.convert_to_tensor(b).numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_masked_output_with_a_plain_loss_function_is_refused():
+    ids = np.array([[1, 2, 0], [3, 0, 0]])
+    model = tf.keras.Sequential([L.Embedding(4, 2, mask_zero=True), L.Dense(2)])
+    model(ids)
+    pg = PrivateGradients(l2_norm_clip=1.0, noise_multiplier=0.0)
+    with pytest.raises(ValueError, match="carries a Keras mask but `loss` is a plain function"):
+        pg.compute(model, ids, np.zeros((2, 3)), loss=lambda t, p: tf.reduce_mean(tf.square(p)))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: L.LSTM(5), lambda: L.GRU(4), lambda: L.SimpleRNN(3), lambda: L.Bidirectional(L.LSTM(3)),
+     lambda: L.LSTM(4, return_sequences=True)],
+    ids=["lstm", "gru", "simple-rnn", "bidirectional", "lstm-sequences"],
+)
+def test_recurrent_layers(make):
+    """Issue #19: LSTM/GRU raised KeyError (their cell runs inside a loop over time) and SimpleRNN was refused;
+    the recurrent layer as a whole now takes the vectorized per-example path."""
+    x, y = rng_data((6, 5, 3))
+    layer = make()
+    pooled = [L.GlobalAveragePooling1D()] if getattr(layer, "return_sequences", False) else []
+    check_exact(tf.keras.Sequential([layer, *pooled, L.Dense(3)]), x, y)
+
+
+def test_a_masked_lstm_trains_with_dpsgd():
+    import tfppml.dp
+
+    rng = np.random.default_rng(6)
+    ids = rng.integers(1, 9, (64, 6))
+    ids[::2, 3:] = 0
+    y = (ids[:, 0] > 4).astype("int64")
+    model = tf.keras.Sequential([L.Embedding(9, 4, mask_zero=True), L.LSTM(4), L.Dense(2)])
+    check_exact(model, ids[:6], y[:6])
+    model.compile(optimizer=tfppml.dp.DPSGD(l2_norm_clip=1.0, noise_multiplier=0.5, learning_rate=0.5), loss=SCCE)
+    history = model.fit(ids, y, batch_size=16, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()

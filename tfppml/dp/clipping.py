@@ -377,6 +377,7 @@ class GenericRule(LayerRule):
 
 
 _GENERIC = GenericRule()
+_RECURRENT = _GENERIC
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -421,6 +422,11 @@ def _assign_rules(layer, out: list) -> None:
     rule = rule_for(layer)
     if rule is not None:
         out.append((layer, rule))
+        return
+    if isinstance(layer, (tf.keras.layers.RNN, tf.keras.layers.Bidirectional)):
+        # A recurrent layer calls its cell inside a loop over time: the cell's calls cannot be captured one by
+        # one, so the layer as a whole is the unit (its weights are its cells').
+        out.append((layer, _RECURRENT))
         return
     sublayers = list(layer._flatten_layers(include_self=False, recursive=False))
     if sublayers and not layer._trainable_weights:
@@ -623,6 +629,10 @@ class PrivateGradients:
             raise ValueError(f"model {model.name} recorded no trainable layer in its forward pass")
         gz = tape.gradient(loss_value, [r.z for r in records], unconnected_gradients=tf.UnconnectedGradients.ZERO)
         batch = tf.shape(records[0].z)[0]
+        per_example = _mask_correction(y_pred, loss, batch)
+        if per_example is not None:
+            gz = [g * tf.reshape(tf.cast(per_example, g.dtype), tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
+                  for g in gz]  # fmt: skip
         # Per-example gradients are B times the batch mean's. Keras's compiled loss is also divided by the number
         # of replicas under a strategy (so that its all-reduced sum is the global mean): undo that too, or every
         # example would be clipped at R times the clip norm.
@@ -709,6 +719,40 @@ def _replica_setting() -> tuple[int, Any]:
         )
     replicas = int(strategy.num_replicas_in_sync)
     return replicas, (replica if replicas > 1 else None)
+
+
+def _mask_correction(y_pred: Any, loss: Callable | None, batch: tf.Tensor) -> tf.Tensor | None:
+    """Per-example factors that make a masked loss's per-example gradients independent of the rest of the batch.
+
+    Keras divides a masked loss by the number V of unmasked steps in the whole *batch*, so B times the batch
+    gradient's row i is example i's gradient scaled by B * T_i / V (T_i: its own unmasked steps): how hard an
+    example is clipped would depend on the other examples' lengths. tfppml's convention: an example's loss is the
+    mean over its own unmasked steps (times its sample weight, which Keras already applies per example), the loss
+    Keras computes for that example alone. The factor V / (B * T_i) gives exactly that; fully masked examples
+    contribute nothing. None when the output carries no mask.
+
+    Raises:
+        ValueError: a masked output with a loss that is not a Keras loss (whether it applies the mask is unknown),
+            or masks on a model with several outputs.
+    """
+    outputs = tf.nest.flatten(y_pred)
+    masks = [getattr(t, "_keras_mask", None) for t in outputs]
+    if all(m is None for m in masks):
+        return None
+    if len(outputs) > 1:
+        raise ValueError(
+            "tfppml.dp: masked outputs of a model with several outputs are not supported (each output's mask "
+            "would normalise its loss differently); unmask them or train one output"
+        )
+    if loss is not None and not isinstance(loss, tf.keras.losses.Loss):
+        raise ValueError(
+            "tfppml.dp: the model's output carries a Keras mask but `loss` is a plain function, which may or may "
+            "not apply it; pass a tf.keras.losses.Loss object (it applies the mask) or compile the model's loss"
+        )
+    mask = tf.cast(tf.reshape(masks[0], tf.stack([batch, -1])), tf.float64)
+    steps = tf.reduce_sum(mask, axis=1)
+    total = tf.reduce_sum(steps)
+    return tf.where(steps > 0, total / (tf.cast(batch, tf.float64) * tf.maximum(steps, 1.0)), tf.zeros_like(steps))
 
 
 def _check_not_xla() -> None:
