@@ -359,3 +359,22 @@ def test_a_masked_lstm_trains_with_dpsgd():
     model.compile(optimizer=tfppml.dp.DPSGD(l2_norm_clip=1.0, noise_multiplier=0.5, learning_rate=0.5), loss=SCCE)
     history = model.fit(ids, y, batch_size=16, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+
+
+@pytest.mark.parametrize("mode", ["ghost", "direct"])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(filters=4, kernel_size=3, strides=2, padding="same"),
+        dict(filters=3, kernel_size=4, padding="causal", dilation_rate=2),
+        dict(filters=4, kernel_size=2, padding="valid", groups=2, use_bias=False),
+    ],
+    ids=["same-stride2", "causal-dilated", "grouped"],
+)
+def test_conv1d(conv, mode, monkeypatch):
+    """Issue #19: Conv1D took the vectorized fallback (slower than a per-example loop); now a rule of its own."""
+    monkeypatch.setattr(clipping.Conv1DRule, "mode", mode)
+    x, y = rng_data((5, 12, 4))
+    model = tf.keras.Sequential([L.Conv1D(activation="relu", **conv), L.Flatten(), L.Dense(3)])
+    check_exact(model, x, y)
+    assert type(clipping.rule_for(model.layers[0])) is clipping.Conv1DRule

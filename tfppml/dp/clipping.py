@@ -289,8 +289,8 @@ class Conv2DRule(LayerRule):
     def per_example(self, layer, a, g):
         g3 = _flat_time(g)
         t = g3.shape[1]
-        k = int(layer.kernel.shape[0] * layer.kernel.shape[1] * layer.kernel.shape[2])
-        o = int(layer.kernel.shape[3])
+        k = math.prod(int(d) for d in layer.kernel.shape[:-1])
+        o = int(layer.kernel.shape[-1])
         mode = self.mode
         if mode == "auto":
             mode = "direct" if t is None or t * (k + o) >= k * o else "ghost"
@@ -302,12 +302,12 @@ class Conv2DRule(LayerRule):
             sq += tf.reduce_sum(tf.square(tf.reduce_sum(g3, axis=1)), axis=1)
 
         def finish(c):
-            gc = g * c[:, None, None, None]
-            if tuple(layer.dilation_rate) != (1, 1):  # TF's CPU filter-gradient kernel has no dilation
+            gc = g * tf.reshape(c, tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
+            if self._einsum_finish(layer):
                 kernel = tf.einsum("btk,bto->ko", p, _flat_time(gc))
                 out = [tf.reshape(kernel, tf.shape(layer.kernel))]
                 if layer.use_bias:
-                    out.append(tf.reduce_sum(gc, axis=[0, 1, 2]))
+                    out.append(tf.reduce_sum(_flat_time(gc), axis=[0, 1]))
                 return out
             out = [
                 tf.compat.v1.nn.conv2d_backprop_filter(
@@ -325,6 +325,11 @@ class Conv2DRule(LayerRule):
 
         return sq, finish
 
+    def _einsum_finish(self, layer) -> bool:
+        """Whether the clipped sum is computed from the patches (TF's CPU filter-gradient kernel has no
+        dilation) rather than by conv2d_backprop_filter."""
+        return tuple(layer.dilation_rate) != (1, 1)
+
     def per_example_grads(self, layer, a, g):
         p = self._patches(layer, a)
         g3 = _flat_time(g)
@@ -334,15 +339,41 @@ class Conv2DRule(LayerRule):
         else:
             # Group j convolves input channels [j*cin_g, (j+1)*cin_g) into output channels [j*o_g, (j+1)*o_g);
             # the kernel is (kh, kw, cin_g, cout) with cout = j*o_g + o, and a patch is ordered (kh, kw, cin).
-            kh, kw, cin_g, cout = (int(d) for d in layer.kernel.shape)
+            *spatial, cin_g, cout = (int(d) for d in layer.kernel.shape)
             shape = tf.shape(p)
-            pg = tf.reshape(p, tf.stack([shape[0], shape[1], kh * kw, groups, cin_g]))
+            pg = tf.reshape(p, tf.stack([shape[0], shape[1], math.prod(spatial), groups, cin_g]))
             gg = tf.reshape(g3, tf.stack([shape[0], shape[1], groups, cout // groups]))
             kernel = tf.einsum("btkjc,btjo->bkcjo", pg, gg)
         out = [tf.reshape(kernel, tf.concat([tf.shape(g3)[:1], tf.shape(layer.kernel)], axis=0))]
         if layer.use_bias:
             out.append(tf.reduce_sum(g3, axis=1))
         return out
+
+
+@register_rule(tf.keras.layers.Conv1D)
+class Conv1DRule(Conv2DRule):
+    """Conv1D as a Conv2D over a (1, T) image: the same per-example paths (ghost norms or patches), causal
+    padding applied to the input first as Keras does."""
+
+    def forward(self, layer, call, inputs, args, kwargs):
+        a = tf.cast(inputs, layer.compute_dtype) if inputs.dtype != layer.compute_dtype else inputs
+        if layer.padding == "causal":
+            a = tf.pad(a, [[0, 0], [layer.dilation_rate[0] * (layer.kernel_size[0] - 1), 0], [0, 0]])
+        conv = _grouped_convolution(layer) if layer.groups > 1 else layer.convolution_op
+        z = conv(a, layer.kernel)
+        if layer.use_bias:
+            z = tf.nn.bias_add(z, layer.bias)
+        out = layer.activation(z) if layer.activation is not None else z
+        return out, z, a
+
+    def _patches(self, layer, a):
+        padding = "valid" if layer.padding == "causal" else layer.padding  # `a` is already padded
+        patches = _conv_patches(a[:, None], (1, layer.kernel_size[0]), (1, layer.strides[0]),
+                                (1, layer.dilation_rate[0]), padding)  # fmt: skip
+        return _flat_time(patches)
+
+    def _einsum_finish(self, layer) -> bool:
+        return True
 
 
 @register_rule(tf.keras.layers.LayerNormalization)
