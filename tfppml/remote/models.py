@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DP_OPTIMIZERS", "build_model", "check_compile", "check_model_config", "model_bytes", "size_spec",
-           "weights_of"]
+__all__ = ["DP_OPTIMIZERS", "build_model", "check_compile", "check_model_config", "model_bytes", "size_spec"]
 
 # Keras classes a model configuration may name (layers, initializers, regularizers, constraints, containers).
 _ALLOWED_CLASSES = frozenset(
@@ -228,7 +227,9 @@ def build_model(spec: dict[str, Any], tensors: dict[str, np.ndarray]) -> Any:
     except ValueError as err:
         raise ValueError(f"`model` is not valid JSON: {err}") from None
     check_model_config(parsed)
-    size = size_spec(spec)
+    from tfppml.remote.sizing import size_model
+
+    size = size_model(parsed)  # the configuration is parsed and checked above: size it as it is
     try:
         # Built with zero initializers: every weight is overwritten by set_weights below, and an initializer's
         # cost is not in any estimate (an orthogonal 20 M parameter kernel took 12 s under the build lock).
@@ -279,7 +280,3 @@ def _zero_initializers(node: Any) -> Any:
         else _zero_initializers(value)
         for key, value in node.items()
     }  # fmt: skip
-
-
-def weights_of(model: Any) -> dict[str, np.ndarray]:
-    return {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}

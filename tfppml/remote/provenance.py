@@ -6,7 +6,6 @@ The labels are computed from shapes and operations only, never from values.  A d
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +32,6 @@ class StoredObject:
     held: int | None = None
     #: A model's `tfppml.remote.sizing.ModelSize`, from its configuration.
     size: Any = None
-    #: Serialises uses of one Keras model (its predict/test functions are built on first use); other objects and
-    #: other identities' requests do not wait for it.
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     #: Requests computing with this object now, and whether it was deleted meanwhile (its bytes are uncounted
     #: when the last of them ends; both under the service's lock).
     users: int = field(default=0, repr=False, compare=False)
